@@ -90,6 +90,6 @@ def environment(device='cpu', # the device the run used
     "Where a run ran: device, torch version, threads, git commit."
     device = torch.device(device)
     return dict(device=str(device), device_kind=device.type, device_name=device_name(device),
-                torch=torch.__version__, cuda=torch.version.cuda if device.type == 'cuda' else None,
+                torch=str(torch.__version__), cuda=str(torch.version.cuda) if device.type == 'cuda' else None,
                 cpu_threads=torch.get_num_threads(), python=platform.python_version(),
                 git_commit=git_commit(repo or _code_dir()))

@@ -4,6 +4,7 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
+import json
 from pathlib import Path
 
 import timm
@@ -161,11 +162,12 @@ class CheckpointError(RuntimeError):
     "A checkpoint file is unreadable or does not fit the model it is loaded into."
 
 # %% ../nbs/02_models.ipynb 25
-def save_checkpoint(path, model:Classifier, record:dict|None=None, # what training did: epochs, metrics, seed, ...
+def save_checkpoint(path, model:Classifier, record:dict|None=None, # what training did (JSON-like): config, metrics, seed, ...
                     state:dict|None=None): # what a resumed run needs: optimiser, epoch, RNG states
     "Save `model`'s weights and config, with `record` and `state`, atomically to `path`."
+    record = json.loads(json.dumps(record or {}, default=str))   # plain types, so weights_only loading accepts them
     return atomic_save(dict(format=CHECKPOINT_FORMAT, config=model.config, model=model.state_dict(),
-                            record=record or {}, state=state or {}), path)
+                            record=record, state=state or {}), path)
 
 def read_checkpoint(path, map_location='cpu'):
     "The checkpoint dict in `path`, or a `CheckpointError` saying why it can't be read."
@@ -173,6 +175,9 @@ def read_checkpoint(path, map_location='cpu'):
     if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path}.")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        if 'Weights only load failed' in str(e):
+            raise CheckpointError(f"{path} holds Python objects that safe loading refuses (not an advcl checkpoint, "
+                                  "or written by other code); load it with torch.load(weights_only=False) only if you trust it.") from e
         raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:160]}). "
                               "Delete it and re-create it (re-run the training that wrote it).") from e
     if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT:

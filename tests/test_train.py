@@ -1,0 +1,116 @@
+"""Training end to end: every objective with every source of adversaries, resume after a kill, and
+data-parallel runs (two processes on the CPU with gloo) against one process."""
+import json, os, signal, socket, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advcl.attacks import Attack
+from advcl.data import load_data
+from advcl.models import create_classifier, load_checkpoint, save_checkpoint
+from advcl.pool import generate_pool, model_source
+from advcl.train import TrainConfig, train, OBJECTIVES
+from conftest import BIN, REPO
+
+PGD1 = dict(kind='pgd', eps=0.1, alpha=0.1, steps=1)
+
+@pytest.fixture(scope='module')
+def data(): return load_data('fashion_mnist', 'train', n_per_class=30, seed=0)
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory, data):
+    "A proxy for the SupCon attack and a PGD pool against an untrained target, shared by the tests."
+    d = tmp_path_factory.mktemp('setup')
+    torch.manual_seed(1)
+    proxy = create_classifier('small_cnn', width=8)
+    save_checkpoint(d/'proxy.pt', proxy)
+    target = create_classifier('small_cnn')
+    save_checkpoint(d/'target.pt', target)
+    generate_pool(d/'pool', *data, Attack(**PGD1), model=target.eval(), source=model_source(d/'target.pt'), shard_size=128, progress=False)
+    return d
+
+def _first_last(history, stage):
+    losses = [h['loss'] for h in history if h['stage'] == stage]
+    return losses[0], losses[-1]
+
+CASES = [(o, s, k) for o in OBJECTIVES for s, k in [('online', 'pgd'), ('online', 'sc'), ('pool', 'pgd'), ('refresh', 'pgd')]]
+
+@pytest.mark.parametrize('objective,source,kind', CASES, ids=[f'{o}-{s}-{k}' for o, s, k in CASES])
+def test_every_objective_and_source_trains(objective, source, kind, data, setup, tmp_path):
+    cfg = TrainConfig(objective=objective, source=source, attack={**PGD1, 'kind': kind}, proxy=str(setup/'proxy.pt'),
+                      pool=str(setup/'pool') if source == 'pool' else None, refresh_every=3, epochs=3, finetune_epochs=3,
+                      batch_size=60, lr=0.05, finetune_lr=0.05, temperature=0.2, seed=0, device='cpu')
+    model, hist = train(cfg, tmp_path, data=data, progress=False)
+    first_loss = {'ce': 'ce', 'supcon': 'supcon', 'supcon_then_ce': 'supcon', 'supcon_retrained_head': 'supcon', 'joint': 'joint'}[objective]
+    a, b = _first_last(hist, first_loss)
+    assert b < a, f"{first_loss} loss did not fall: {a} -> {b}"
+    if objective in ('supcon_then_ce', 'supcon_retrained_head'):
+        second = 'ce' if objective == 'supcon_then_ce' else 'head'
+        a, b = _first_last(hist, second)
+        assert b < a, f"{second} loss did not fall: {a} -> {b}"
+    assert all(h['train_adv_acc'] is not None for h in hist if h['stage'] != 'head')
+    assert (tmp_path/'model.pt').exists() and len((tmp_path/'metrics.jsonl').read_text().splitlines()) == len(hist)
+
+def test_clean_baseline_trains(data, tmp_path):
+    model, hist = train(TrainConfig(objective='ce', source='none', epochs=3, batch_size=60, device='cpu'), tmp_path, data=data, progress=False)
+    assert hist[-1]['loss'] < hist[0]['loss'] and hist[0]['train_adv_acc'] is None
+
+def test_pool_with_another_eps_is_refused_before_training(data, setup, tmp_path):
+    cfg = TrainConfig(objective='supcon', source='pool', pool=str(setup/'pool'), attack={**PGD1, 'eps': 0.2}, device='cpu')
+    with pytest.raises(ValueError, match='attack.eps: 0.1 -> 0.2'): train(cfg, tmp_path, data=data, progress=False)
+    assert not (tmp_path/'checkpoint.pt').exists()
+
+def _run_cli(out, sets, env=None, **kw):
+    return subprocess.Popen([str(BIN/'advcl-train'), '--out', str(out), '--quiet', '--set', *sets], env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+RESUME = ['objective=supcon_then_ce', 'source=refresh', 'refresh_every=7', 'n_per_class=100', 'epochs=2', 'finetune_epochs=1',
+          'batch_size=50', 'temperature=0.2', 'device=cpu', 'attack={"kind": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 2}']
+
+def _weights(path):
+    return load_checkpoint(path)[0].state_dict()
+
+def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tmp_path):
+    full = _run_cli(tmp_path/'full', RESUME); assert full.wait(600) == 0, full.stdout.read()
+    p = _run_cli(tmp_path/'killed', RESUME)
+    log = tmp_path/'killed'/'metrics.jsonl'
+    t0 = time.time()
+    while not (log.exists() and len(log.read_text().splitlines()) >= 1):       # the first epoch is checkpointed
+        assert p.poll() is None and time.time() - t0 < 600, "run ended before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)                                                            # well inside the second epoch
+    assert p.poll() is None, "run finished the second epoch too early to be killed mid-epoch"
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert not (tmp_path/'killed'/'model.pt').exists()
+    assert len(log.read_text().splitlines()) == 1
+    again = _run_cli(tmp_path/'killed', RESUME); assert again.wait(600) == 0, again.stdout.read()
+    a, b = _weights(tmp_path/'full'/'model.pt'), _weights(tmp_path/'killed'/'model.pt')
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    hist = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [h['epoch'] for h in hist] == [0, 1, 2] and [h['stage'] for h in hist] == ['supcon', 'supcon', 'ce']
+
+def _free_port():
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+DDP = ['objective=joint', 'source=pool', 'n_per_class=20', 'epochs=2', 'batch_size=40', 'temperature=0.2', 'device=cpu',
+       'arch_kwargs={"norm": "group"}', 'attack={"kind": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 2}']
+
+def test_two_processes_train_what_one_process_trains(tmp_path):
+    """Pre-generated adversaries, so that both runs see the same images: PGD's sign steps would turn float
+    rounding (which differs with the batch size per process) into different adversaries."""
+    torch.manual_seed(0)
+    target = create_classifier('small_cnn', norm='group').eval()
+    generate_pool(tmp_path/'pool', *load_data('fashion_mnist', 'train', n_per_class=20, seed=0),
+                  Attack(kind='pgd', eps=0.1, alpha=0.05, steps=2), model=target, progress=False)
+    sets = DDP + [f'pool={tmp_path/"pool"}']
+    one = _run_cli(tmp_path/'one', sets); assert one.wait(600) == 0, one.stdout.read()
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                          str(BIN/'advcl-train'), '--out', str(tmp_path/'two'), '--quiet', '--set', *sets],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    a, b = _weights(tmp_path/'one'/'model.pt'), _weights(tmp_path/'two'/'model.pt')
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, f"weights differ by up to {worst}"
+    h1, h2 = ([json.loads(l) for l in (tmp_path/d/'metrics.jsonl').read_text().splitlines()] for d in ('one', 'two'))
+    for r1, r2 in zip(h1, h2): assert abs(r1['loss'] - r2['loss']) < 1e-4 and r1['train_clean_acc'] == r2['train_clean_acc']
