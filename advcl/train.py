@@ -48,7 +48,7 @@ class TrainConfig:
     data_seed:int = 0
     init:str|None = None          # a checkpoint to start from (e.g. the clean baseline)
     pretrained:bool = False       # timm architectures: start from the published weights
-    epochs:int = 2                # of the first stage
+    epochs:int = 2                # of the first stage (0: no training, e.g. to evaluate a pre-trained model as it is)
     finetune_epochs:int = 1       # of the second stage (supcon_then_ce, supcon_retrained_head)
     batch_size:int = 128          # over all processes
     lr:float = 0.05
@@ -70,7 +70,7 @@ class TrainConfig:
         if self.source not in SOURCES: raise ValueError(f"Unknown source {self.source!r}: use one of {SOURCES}.")
         self.attack = Attack(**self.attack).to_dict() if isinstance(self.attack, dict) else self.attack.to_dict()
         if self.source == 'pool' and not self.pool: raise ValueError("source='pool' needs pool=, the folder of a pool made by advcl-pool.")
-        if self.epochs < 1 or self.finetune_epochs < 1: raise ValueError("epochs and finetune_epochs must be at least 1.")
+        if self.epochs < 0 or self.finetune_epochs < 0: raise ValueError("epochs and finetune_epochs can't be negative.")
         if self.batch_size < 2: raise ValueError(f"batch_size={self.batch_size}: SupCon needs at least 2 images in a batch.")
         if self.refresh_every < 1: raise ValueError(f"refresh_every={self.refresh_every} must be at least 1.")
         if self.projection is not None and self.projection < 1: raise ValueError("projection must be None or a positive dimension.")
