@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 # %% auto 0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'DATASETS', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST',
            'dataset_info', 'CorruptDataError', 'read_idx', 'write_idx', 'DataNotFoundError', 'find_fashion_mnist',
-           'load_fashion_mnist', 'stratified_subset', 'TensorLoader', 'random_crop_flip', 'imagenet_transform',
-           'imagenet_folder', 'make_tiny_imagefolder', 'FolderLoader', 'load_data', 'make_loader']
+           'load_fashion_mnist', 'stratified_subset', 'to_float_images', 'TensorLoader', 'random_crop_flip',
+           'imagenet_transform', 'imagenet_folder', 'make_tiny_imagefolder', 'FolderLoader', 'load_data', 'make_loader']
 
 # %% ../nbs/01_data.ipynb 5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -141,7 +141,8 @@ def stratified_subset(labels:torch.Tensor, # int64 labels of the full set
     return torch.cat(picks).sort().values
 
 # %% ../nbs/01_data.ipynb 29
-def _to_float(x:torch.Tensor):
+def to_float_images(x:torch.Tensor):
+    "Images as float in [0,1]: uint8 divided by 255, float kept as it is."
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
 def _epoch_order(n:int, shuffle:bool, seed:int, epoch:int):
@@ -182,7 +183,7 @@ class TensorLoader:
         self.epoch += 1
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            batch = (_to_float(self.x[idx]), self.y[idx])
+            batch = (to_float_images(self.x[idx]), self.y[idx])
             yield batch + (idx,) if self.with_index else batch
 
 # %% ../nbs/01_data.ipynb 35

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .attacks import Attack
 from .core import atomic_save, write_json, read_json, file_sha256
+from .data import to_float_images
 
 # %% auto 0
 __all__ = ['POOL_FORMAT', 'PoolMismatchError', 'clean_digest', 'model_source', 'quantize_adversaries', 'generate_pool',
@@ -65,8 +66,7 @@ def _shard_ok(path, n):
     except Exception: return False
 
 def _attack_shard(attack, x, y, model, embedder, seed, device, amp, chunk_size):
-    xf = x.to(device)
-    xf = xf.float().div(255) if xf.dtype == torch.uint8 else xf.float()
+    xf = to_float_images(x.to(device))
     return attack(model, xf, y.to(device), embedder=embedder, seed=seed, amp=amp, chunk_size=chunk_size).cpu()
 
 # %% ../nbs/05_pool.ipynb 11
@@ -124,8 +124,7 @@ class AdversarialPool:
 
     def adversaries(self, i:torch.Tensor):
         "Adversaries at positions `i`, as float images in [0,1]."
-        xa = self.x_adv[i.to(self.x_adv.device)]
-        return xa.float().div_(255) if xa.dtype == torch.uint8 else xa
+        return to_float_images(self.x_adv[i.to(self.x_adv.device)])
 
     def check(self, attack:Attack|None=None, # the attack the run asks for
               source:dict|None=None, # the model the run expects the pool to come from
@@ -157,9 +156,7 @@ class RefreshingPool:
 
     def refresh(self, iteration:int, model=None, embedder=None, amp=None):
         "Regenerate every adversary from the current `model` (or `embedder` for the SupCon attack)."
-        x = self.x[self.rows]
-        x = x.float().div(255) if x.dtype == torch.uint8 else x
-        self.x_adv = self.attack(model, x, self.y[self.rows], embedder=embedder, amp=amp, chunk_size=self.chunk_size,
+        self.x_adv = self.attack(model, to_float_images(self.x[self.rows]), self.y[self.rows], embedder=embedder, amp=amp, chunk_size=self.chunk_size,
                                  seed=self.seed * 1_000_003 + iteration)
         self.refreshed_at, self.generation = iteration, self.generation + 1
 

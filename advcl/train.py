@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .core import atomic_save, environment, resolve_device, seed_everything, write_json
 from .data import load_data, make_loader, random_crop_flip, TensorLoader
-from .models import Classifier, Embedder, create_classifier, dinov2_small, load_checkpoint, save_checkpoint, CheckpointError
+from .models import Classifier, Embedder, create_classifier, dinov2_small, load_checkpoint, save_checkpoint
 from .attacks import Attack
 from .losses import SupConLoss, split_views
 from .pool import AdversarialPool, RefreshingPool
@@ -228,15 +228,9 @@ def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed,
 
 # %% ../nbs/06_train.ipynb 19
 def _initial_classifier(cfg:TrainConfig):
-    if cfg.init:
-        clf, ck = load_checkpoint(cfg.init)
-        want = create_classifier(cfg.arch, cfg.dataset, **cfg.arch_kwargs).config
-        sig = lambda c: (c['arch'], c['num_classes'], c['in_chans'], c.get('kwargs') or {})
-        if sig(clf.config) != sig(want):
-            raise CheckpointError(f"init={cfg.init} holds a {clf.config['arch']} {clf.config.get('kwargs') or ''}, but the run asks for "
-                                  f"arch={cfg.arch!r} {cfg.arch_kwargs or ''}. Start from a checkpoint of the same architecture.")
-        return clf
-    return create_classifier(cfg.arch, cfg.dataset, pretrained=cfg.pretrained, **cfg.arch_kwargs)
+    "The classifier a run starts from: `cfg.init` (checked to be of the configured architecture), or a new one."
+    clf = create_classifier(cfg.arch, cfg.dataset, pretrained=cfg.pretrained and not cfg.init, **cfg.arch_kwargs)
+    return load_checkpoint(cfg.init, model=clf)[0] if cfg.init else clf
 
 def load_proxy(proxy:str, device):
     "The SupCon attack's proxy: 'dinov2_small', or a classifier checkpoint whose features are the embedding."
