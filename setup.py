@@ -33,6 +33,6 @@ setuptools.setup(
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
     # the experiment profiles and the papermill template, for installs outside the repository
     data_files=[('share/advcl/profiles', [str(p) for p in Path('profiles').glob('*.json')]),
-                ('share/advcl', ['nbs/_templates/experiment.ipynb'])],
+                ('share/advcl/nbs/_templates', ['nbs/_templates/experiment.ipynb'])],
     zip_safe=False,
 )

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attacks import Attack, eval_mode
-from .data import make_loader
+from .data import make_loader, to_float_images
 
 # %% auto 0
 __all__ = ['check_eval_strength', 'evaluate', 'robustness_curve']
@@ -46,7 +46,7 @@ def evaluate(model, # the classifier to evaluate (images in [0,1])
         for k, (x, y, i) in enumerate(tqdm(loader, desc='evaluate', disable=not progress, leave=False)):
             with torch.no_grad(): _accumulate(totals, 'clean', model(x), y)
             for name, attack in attacks.items():
-                if name in precomputed: xa = precomputed[name][i.cpu()].to(x.device).float()
+                if name in precomputed: xa = to_float_images(precomputed[name][i.cpu()]).to(x.device)   # uint8 pools too
                 else: xa = attack(model, x, y, embedder=embedder, seed=seed * 1_000_003 + k, amp=amp)
                 with torch.no_grad(): _accumulate(totals, name, model(xa), y)
     out = {name: dict(acc=t['correct'] / t['n'], loss=t['loss'] / t['n'], n=t['n']) for name, t in totals.items()}
@@ -60,5 +60,5 @@ def robustness_curve(model, data, eps_list, # radii to evaluate, in [0,1] pixel 
     "Accuracy under `kind` attacks of `steps` steps at each radius in `eps_list`: [{'eps', 'acc', 'loss'}, ...]."
     attacks = {f'eps={e:g}': Attack(kind, eps=e, alpha=2.5 * e / steps, steps=steps, norm=norm) for e in eps_list if e > 0}
     res = evaluate(model, data, attacks, embedder=embedder, batch_size=batch_size, seed=seed, device=device, amp=amp)
-    return [dict(eps=float(e), acc=res['clean' if e == 0 else f'eps={e:g}']['acc'], loss=res['clean' if e == 0 else f'eps={e:g}']['loss'])
-            for e in eps_list]
+    at = lambda e: res['clean' if e == 0 else f'eps={e:g}']
+    return [dict(eps=float(e), acc=at(e)['acc'], loss=at(e)['loss']) for e in eps_list]

@@ -23,8 +23,7 @@ def find_file(kind:str, name:str):
     "A shipped file: `profiles/<name>.json` or `nbs/_templates/<name>.ipynb`, in the repository or the install."
     rel = {'profile': Path('profiles')/f'{name}.json', 'template': Path('nbs')/'_templates'/f'{name}.ipynb'}[kind]
     for d in _repo_dirs():
-        for cand in (d/rel, d/rel.name if kind == 'template' else d/rel):
-            if cand.is_file(): return cand
+        if (d/rel).is_file(): return d/rel
     raise FileNotFoundError(f"No {kind} {name!r}: looked for {rel} in {', '.join(map(str, _repo_dirs()))}.")
 
 def load_profile(profile:str|Path):
