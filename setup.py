@@ -31,8 +31,8 @@ setuptools.setup(
     extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
     entry_points={'console_scripts': cfg.get('console_scripts', '').split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
-    # the experiment profiles and the papermill template, for installs outside the repository
+    # the experiment profiles and the papermill templates, for installs outside the repository
     data_files=[('share/advcl/profiles', [str(p) for p in Path('profiles').glob('*.json')]),
-                ('share/advcl/nbs/_templates', ['nbs/_templates/experiment.ipynb'])],
+                ('share/advcl/nbs/_templates', [str(p) for p in Path('nbs/_templates').glob('*.ipynb')])],
     zip_safe=False,
 )

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 # %% auto 0
 __all__ = ['NORMS', 'ATTACKS', 'project_linf', 'project_l2', 'projected_gradient', 'eval_mode', 'pgd', 'embedding_attack', 'fgsm',
-           'Attack']
+           'trades_attack', 'Attack']
 
 # %% ../nbs/03_attacks.ipynb 5
 def project_linf(x_adv, x, eps:float):
@@ -45,11 +45,13 @@ def projected_gradient(objective, # x_adv -> scalar to maximise (a per-image los
                        x:torch.Tensor, # clean images in [0,1], NCHW
                        eps:float, alpha:float, steps:int, random_start:bool=True, norm:str='linf',
                        generator:torch.Generator|None=None, # for the random start (None: torch's global one)
-                       amp:bool=False): # run the objective under bf16 autocast
+                       amp:bool=False, # run the objective under bf16 autocast
+                       start:torch.Tensor|None=None): # a starting point of the caller's (replaces the random start)
     "Projected gradient ascent of `objective` in the `norm` ball of radius `eps` around `x`."
     project = project_linf if norm == 'linf' else project_l2
     x = x.detach()
-    x_adv = _random_start(x, eps, norm, generator) if random_start else x.clone()
+    if start is not None: x_adv = start.detach().clone()
+    else: x_adv = _random_start(x, eps, norm, generator) if random_start else x.clone()
     x_adv = project(x_adv, x, eps)
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -140,8 +142,25 @@ def fgsm(model:nn.Module, x:torch.Tensor, y:torch.Tensor, *, eps:float,
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=1, random_start=random_start, norm=norm,
                targeted=targeted, seed=seed, amp=amp, chunk_size=chunk_size)
 
-# %% ../nbs/03_attacks.ipynb 37
-ATTACKS = ('pgd', 'sc', 'fgsm')
+# %% ../nbs/03_attacks.ipynb 21
+def trades_attack(model:nn.Module, x:torch.Tensor, *, eps:float, alpha:float, steps:int, norm:str='linf',
+                  random_start:bool=True, # start 0.001 * N(0, 1) away from x (TRADES' start); else at x
+                  seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
+    "TRADES' inner maximisation: PGD on KL(p(x) || p(x_adv)) of `model`'s softmax outputs."
+    _check_settings(eps, alpha, steps, norm); _check_images(x)
+    g, use_amp, out = _generator(x, seed), _amp(x, amp), []
+    with eval_mode(model):
+        for c in _chunks(len(x), chunk_size):
+            xc = x[c].detach()
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                p = F.softmax(model(xc).float(), 1)
+            kl = lambda xa, p=p: F.kl_div(F.log_softmax(model(xa).float(), 1), p, reduction='batchmean')
+            noise = 0.001 * torch.randn(xc.shape, generator=g, device=x.device) if random_start else 0.
+            out.append(projected_gradient(kl, xc, eps, alpha, steps, norm=norm, amp=use_amp, start=(xc + noise).clamp(0, 1)))
+    return torch.cat(out)
+
+# %% ../nbs/03_attacks.ipynb 39
+ATTACKS = ('pgd', 'sc', 'fgsm', 'trades')
 
 @dataclass(frozen=True)
 class Attack:
@@ -158,11 +177,12 @@ class Attack:
         _check_settings(self.eps, self.alpha, self.steps, self.norm)
 
     def __call__(self, model, x, y=None, *, embedder=None, seed=None, amp=None, chunk_size=None):
-        "Adversarial versions of `x`: against `model` (PGD, FGSM) or the proxy `embedder` (SC)."
+        "Adversarial versions of `x`: against `model` (PGD, FGSM, TRADES) or the proxy `embedder` (SC)."
         kw = dict(eps=self.eps, random_start=self.random_start, norm=self.norm, seed=seed, amp=amp, chunk_size=chunk_size)
         if self.kind == 'sc':
             if embedder is None: raise ValueError("The SupCon attack ('sc') needs embedder=, the proxy model.")
             return embedding_attack(embedder, x, alpha=self.alpha, steps=self.steps, **kw)
+        if self.kind == 'trades': return trades_attack(model, x, alpha=self.alpha, steps=self.steps, **kw)
         if y is None: raise ValueError(f"The {self.kind!r} attack needs the labels y.")
         if self.kind == 'fgsm': return fgsm(model, x, y, alpha=self.alpha, **kw)
         return pgd(model, x, y, alpha=self.alpha, steps=self.steps, **kw)

@@ -12,7 +12,7 @@ from .attacks import Attack, eval_mode
 from .data import make_loader, to_float_images
 
 # %% auto 0
-__all__ = ['check_eval_strength', 'evaluate', 'robustness_curve']
+__all__ = ['check_eval_strength', 'evaluate', 'robustness_curve', 'autoattack', 'evaluate_autoattack']
 
 # %% ../nbs/07_evaluate.ipynb 5
 def check_eval_strength(train_attack:Attack|None, eval_attack:Attack):
@@ -62,3 +62,42 @@ def robustness_curve(model, data, eps_list, # radii to evaluate, in [0,1] pixel 
     res = evaluate(model, data, attacks, embedder=embedder, batch_size=batch_size, seed=seed, device=device, amp=amp)
     at = lambda e: res['clean' if e == 0 else f'eps={e:g}']
     return [dict(eps=float(e), acc=at(e)['acc'], loss=at(e)['loss']) for e in eps_list]
+
+# %% ../nbs/07_evaluate.ipynb 16
+def _autoattack_parts(model, eps:float, norm:str, n_classes:int, seed:int):
+    "The standard AutoAttack's attacks, in order, as torchattacks objects."
+    import torchattacks as ta
+    kw = dict(eps=eps, norm={'linf': 'Linf', 'l2': 'L2'}[norm], seed=seed, n_restarts=1)
+    return {'apgd-ce': ta.APGD(model, loss='ce', steps=100, **kw),
+            'apgd-t': ta.APGDT(model, steps=100, n_classes=n_classes, **kw),
+            'fab-t': ta.FAB(model, multi_targeted=True, steps=100, n_classes=n_classes, **kw),
+            'square': ta.Square(model, n_queries=5000, **kw)}
+
+def autoattack(model, x:torch.Tensor, y:torch.Tensor, *, eps:float, n_classes:int=10, norm:str='linf', seed:int=0,
+               batch_size:int=500, progress:bool=False):
+    "The standard AutoAttack on images `x` in [0,1]: (adversarial images, {stage: images still robust after it})."
+    from advcl.attacks import _check_images, _check_settings
+    _check_settings(eps, 1.0, 1, norm); _check_images(x, y)
+    x_adv, y = x.detach().clone(), y.to(x.device)
+    with eval_mode(model):
+        with torch.no_grad(): robust = torch.cat([model(x[c]).argmax(1) == y[c] for c in torch.arange(len(x)).split(batch_size)])
+        counts = {'clean': int(robust.sum())}
+        for name, atk in tqdm(_autoattack_parts(model, eps, norm, n_classes, seed).items(), desc='AutoAttack', disable=not progress, leave=False):
+            for idx in robust.nonzero().flatten().split(batch_size):
+                xa = atk(x[idx], y[idx])
+                with torch.no_grad(): broken = model(xa).argmax(1) != y[idx]
+                x_adv[idx[broken]] = xa[broken]; robust[idx[broken]] = False
+            counts[name] = int(robust.sum())
+    return x_adv, counts
+
+def evaluate_autoattack(model, data, # test data: (images, labels) tensors
+                        eps:float, n_classes:int=10, norm:str='linf', seed:int=0, batch_size:int=500, device='cpu',
+                        progress:bool=False):
+    "Accuracy and cross-entropy of `model` under the standard AutoAttack, with the images robust after each of its attacks."
+    x, y = data
+    x, y = to_float_images(x).to(device), y.to(device)
+    x_adv, counts = autoattack(model, x, y, eps=eps, n_classes=n_classes, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+    with torch.no_grad(), eval_mode(model): loss = F.cross_entropy(model(x_adv).float(), y).item()
+    return dict(acc=counts['square'] / len(y), loss=loss, n=len(y), robust_after=counts,
+                attack=dict(kind='autoattack', version='standard', eps=eps, norm=norm, n_classes=n_classes, seed=seed,
+                            description=f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) {norm} eps={eps:g}"))

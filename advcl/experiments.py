@@ -11,8 +11,8 @@ from pathlib import Path
 from .core import read_json, write_json
 
 # %% auto 0
-__all__ = ['PAPER', 'find_file', 'load_profile', 'slug', 'Run', 'plan_runs', 'run_status', 'execute_run', 'run_matrix', 'collect',
-           'mean_std', 'write_report', 'main']
+__all__ = ['PAPER', 'MASKING_GAP', 'SUPCON_OBJECTIVES', 'find_file', 'load_profile', 'slug', 'Run', 'plan_runs', 'run_status',
+           'execute_run', 'run_matrix', 'collect', 'mean_std', 'analysis_results', 'write_report', 'main']
 
 # %% ../nbs/08_experiments.ipynb 5
 def _repo_dirs():
@@ -80,8 +80,22 @@ def plan_runs(profile:dict, out_root='reports', seeds=None, only=None, sets:dict
             params = common | _extra(r) | dict(role=role, name=r['name'], proxy=proxy_spec, init=None if role == 'baseline' else init)
             runs.append(Run(folder.name, r['name'], role, seed, params, folder, r.get('paper', True)))
     if only: runs = [r for r in runs if r.name in only or r.role in ('proxy', 'baseline')]
+    if 'analysis' in profile: runs = _with_analysis(runs, profile, root)
     for r in runs: r.params['out_dir'] = str(r.folder.resolve())
     return runs
+
+def _with_analysis(runs, profile, root):
+    "`runs` with each seed's analysis run after its last model."
+    c, a, out = profile['common'], profile['analysis'], []
+    for seed in dict.fromkeys(r.seed for r in runs):
+        mine = [r for r in runs if r.seed == seed]
+        models = {r.name: str((r.folder/'train'/'model.pt').resolve()) for r in mine if r.role in ('baseline', 'row')}
+        params = dict(seed=seed, models=models, dataset=c['dataset'], data_root=c.get('data_root'),
+                      n_per_class=a.get('train_per_class', c.get('n_per_class')), test_per_class=a.get('per_class', c.get('test_per_class')),
+                      data_seed=c.get('data_seed', 0), attack=a.get('attack', c['eval_attacks']['pgd']),
+                      projection_models=a.get('projection_models'), device=c.get('device', 'auto'))
+        out += mine + [Run(f'analysis-s{seed}', 'Analysis', 'analysis', seed, params, root/'runs'/f'analysis-s{seed}', False)]
+    return out
 
 # %% ../nbs/08_experiments.ipynb 11
 def run_status(run:Run):
@@ -99,6 +113,7 @@ def _move_stale(run:Run):
     return dest
 
 def _summary(metrics):
+    if 'results' not in metrics: return f"{len(metrics.get('embedding', {}))} models analysed"
     res = metrics['results']
     return ', '.join(f"{k} {v['acc']:.3f}" for k, v in res.items())
 
@@ -133,18 +148,24 @@ def execute_run(run:Run, template:Path, log=print):
 def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None, sets:dict|None=None, log=print):
     "Run every run of `profile` that is not done; returns {run_id: status}."
     prof = profile if isinstance(profile, dict) else load_profile(profile)
-    runs, template = plan_runs(prof, out_root, seeds, only, sets), find_file('template', 'experiment')
+    runs = plan_runs(prof, out_root, seeds, only, sets)
     statuses, t_all = {}, time.time()
     log(f"{prof['name']}: {len(runs)} runs in {Path(out_root)/prof['name']}")
     for k, run in enumerate(runs, 1):
         t0 = time.time()
-        s = execute_run(run, template, log)
+        waits = [r.run_id for r in runs if run.role == 'analysis' and r.seed == run.seed and r.role in ('baseline', 'row')
+                 and statuses.get(r.run_id) not in ('done', 'skipped')]
+        if waits:
+            statuses[run.run_id] = 'blocked'
+            log(f"[{k}/{len(runs)}] {run.run_id}: blocked - needs the models of {', '.join(waits)}")
+            continue
+        s = execute_run(run, find_file('template', 'analysis' if run.role == 'analysis' else 'experiment'), log)
         statuses[run.run_id] = s
         detail = ''
         if s == 'done' or s == 'skipped': detail = _summary(read_json(run.folder/'metrics.json'))
         if s == 'failed': detail = f"{read_json(run.folder/'error.json')['error']}: see {run.folder/'error.json'}"
         log(f"[{k}/{len(runs)}] {run.run_id}: {s} in {time.time() - t0:.0f} s {('- ' + detail) if detail else ''}")
-    log(f"{prof['name']}: {sum(s != 'failed' for s in statuses.values())}/{len(runs)} runs done in {time.time() - t_all:.0f} s")
+    log(f"{prof['name']}: {sum(s in ('done', 'skipped') for s in statuses.values())}/{len(runs)} runs done in {time.time() - t_all:.0f} s")
     return statuses
 
 # %% ../nbs/08_experiments.ipynb 14
@@ -153,11 +174,15 @@ def collect(profile:dict, out_root='reports'):
     import pandas as pd
     rows = []
     for run in plan_runs(profile, out_root):
+        if run.role == 'analysis': continue       # cross-model results: see `analysis_results`
         row = dict(run_id=run.run_id, name=run.name, role=run.role, seed=run.seed, paper=run.paper, status=run_status(run),
-                   notebook=str(Path('runs')/run.run_id/'run.ipynb'))
+                   notebook=str(Path('runs')/run.run_id/'run.ipynb'), lam=run.params.get('lam'))
         if row['status'] in ('done', 'stale'):
             m = read_json(run.folder/'metrics.json')
-            for k, v in m['results'].items(): row |= {f'{k}_acc': v['acc'], f'{k}_loss': v['loss'], 'n_test': v['n']}
+            for k, v in m['results'].items(): row |= {f'{k}_acc': v['acc'], f'{k}_loss': v['loss'], f'{k}_n': v['n']}
+            row['n_test'] = m['results']['clean']['n']
+            for stage, left in m['results'].get('autoattack', {}).get('robust_after', {}).items():   # robust after each AutoAttack part
+                row[f'autoattack_{stage}_acc'] = left / m['results']['autoattack']['n']
             env = m['environment']
             row |= dict(attack=m['attack'], objective=m['objective'], source=m['source'],
                         train_seconds=m['seconds']['train'], eval_seconds=m['seconds']['evaluate'], pool_seconds=m['seconds']['pools'],
@@ -213,7 +238,8 @@ def _figures(df, profile, folder:Path):
     import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
     figs = folder/'figures'; figs.mkdir(exist_ok=True)
     done = df[df.status.isin(['done', 'stale']) & (df.role != 'proxy')]
-    names = {'clean_acc': 'clean', 'pgd_acc': 'PGD (white-box)', 'sc_acc': 'SupCon attack', 'pgd_baseline_acc': 'PGD from the baseline'}
+    names = {'clean_acc': 'clean', 'pgd_acc': 'PGD (white-box)', 'sc_acc': 'SupCon attack', 'pgd_baseline_acc': 'PGD from the baseline',
+             'autoattack_acc': 'AutoAttack'}
     long = done.melt(id_vars=['name', 'seed'], value_vars=[c for c in names if c in done], var_name='evaluation', value_name='accuracy')
     long['evaluation'] = long['evaluation'].map(names)
     fig, ax = plt.subplots(figsize=(9, 0.45 * done['name'].nunique() + 1.5))
@@ -222,7 +248,7 @@ def _figures(df, profile, folder:Path):
     fig.tight_layout(); fig.savefig(figs/'accuracy.png', dpi=120); plt.close(fig)
     curves = []
     for run in plan_runs(profile, folder.parent):
-        if run.role != 'proxy' and run_status(run) in ('done', 'stale'):
+        if run.role in ('baseline', 'row') and run_status(run) in ('done', 'stale'):
             curves += [dict(name=run.name, seed=run.seed, **c) for c in read_json(run.folder/'metrics.json')['curve']]
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -235,10 +261,12 @@ def _figures(df, profile, folder:Path):
 def _attack_lines(profile, df):
     c = profile['common']
     lines = []
-    for kind in sorted({r['attack'] for r in profile['rows'] if r.get('role', 'row') == 'row'}):
-        lines.append(f"- training, {kind.upper()}: {c.get('train_steps')} steps of {c.get('train_alpha'):g}, L-inf eps {c.get('eps'):g}, "
-                     "random start" + (", against the model being trained (online, refresh) or the clean baseline (pool)" if kind == 'pgd'
-                                       else ", against the proxy"))
+    used = {(r['attack'], r.get('train_steps', c.get('train_steps')), r.get('train_alpha', c.get('train_alpha')))
+            for r in profile['rows'] if r.get('role', 'row') == 'row'}
+    against = dict(pgd=", against the model being trained (online, refresh) or the clean baseline (pool)", sc=", against the proxy",
+                   fgsm=", against the model being trained (FGSM-RS)", trades=", on the KL divergence of the model being trained (TRADES)")
+    for kind, steps, alpha in sorted(used):
+        lines.append(f"- training, {kind.upper()}: {steps} steps of {alpha:g}, L-inf eps {c.get('eps'):g}, random start{against[kind]}")
     for name, a in c.get('eval_attacks', {}).items():
         lines.append(f"- evaluation, `{name}`: {a['kind'].upper()}-{a['steps']} L-inf eps {a['eps']:g}, step {a['alpha']:g}, random start"
                      + (", white-box against each evaluated model" if a['kind'] == 'pgd' else ", against the proxy, made once per seed"))
@@ -248,7 +276,123 @@ def _attack_lines(profile, df):
                  f"{c.get('curve_per_class')} test images per class")
     return lines
 
-# %% ../nbs/08_experiments.ipynb 21
+# %% ../nbs/08_experiments.ipynb 22
+MASKING_GAP = 0.10     # PGD accuracy minus AutoAttack accuracy above which the report flags gradient masking
+SUPCON_OBJECTIVES = ('supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint')
+
+def analysis_results(profile:dict, out_root='reports'):
+    "The metrics of every finished analysis run of `profile`, each with its run id and notebook."
+    out = []
+    for run in plan_runs(profile, out_root):
+        if run.role == 'analysis' and run_status(run) in ('done', 'stale'):
+            out.append(read_json(run.folder/'metrics.json') | dict(run_id=run.run_id, notebook=str(Path('runs')/run.run_id/'run.ipynb')))
+    return out
+
+def _by_name(models, cols):
+    "Mean and std over seeds of `cols`, one line per row name (in the profile's order)."
+    g = models.groupby('name', sort=False)[cols]
+    return g.mean().join(g.std(), rsuffix='_std')
+
+def _autoattack_lines(models, profile):
+    "The AutoAttack section: per model, PGD beside AutoAttack and the part that broke the images; masking flags."
+    aa = profile['common']['autoattack']
+    n = int(models['autoattack_n'].dropna().iloc[0])
+    lines = [f"The standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; 100 iterations, 9 target classes, 5,000 queries) at L-inf "
+             f"eps {aa['eps']:g}, on {n} test images per model ({aa.get('per_class')} per class; one image is "
+             f"{100 / n:.1f} points). 'After APGD-CE' is the accuracy left after its first attack; the gradient-free Square attack "
+             "finding much that the gradient attacks missed would mean masked gradients.", '',
+             '| Model | Clean | PGD (white-box) | After APGD-CE | AutoAttack | PGD − AutoAttack | runs |', '|---|---|---|---|---|---|---|']
+    flagged = []
+    for name, g in models.groupby('name', sort=False):
+        gap = (g['pgd_acc'] - g['autoattack_acc']).mean()
+        if gap > MASKING_GAP: flagged.append(name)
+        cells = [_cell(g, c) for c in ('clean_acc', 'pgd_acc', 'autoattack_apgd-ce_acc', 'autoattack_acc')]
+        seeds = ' '.join(f'[s{s}]({nb})' for s, nb in zip(g['seed'], g['notebook']))
+        lines.append(f"| {name} | " + ' | '.join(cells) + f" | {gap:+.4f}{' ⚠' if gap > MASKING_GAP else ''} | {seeds} |")
+    lines += ['', (f"⚠ Gradient masking suspected (AutoAttack more than {MASKING_GAP:g} below PGD): {', '.join(flagged)}." if flagged else
+                   f"No model's AutoAttack accuracy is more than {MASKING_GAP:g} below its PGD accuracy: no sign of gradient masking. "
+                   "(PGD is measured on all test images, AutoAttack on its subset.)")]
+    return lines
+
+def _answer_lines(models, profile):
+    "Which objective gives the best AutoAttack accuracy, and does a SupCon variant match PGD adversarial training?"
+    eps = profile['common']['autoattack']['eps']
+    stats = _by_name(models, ['autoattack_acc', 'clean_acc'])
+    info = models.groupby('name', sort=False)[['objective', 'attack', 'source']].first()
+    fmt = lambda name: (f"**{name}** (objective `{info.loc[name, 'objective']}`, source `{info.loc[name, 'source']}`): AutoAttack "
+                        f"{stats.loc[name, 'autoattack_acc']:.4f} at clean {stats.loc[name, 'clean_acc']:.4f}")
+    best = stats['autoattack_acc'].idxmax()
+    lines = [f"Means over seeds {sorted(models['seed'].unique().tolist())}; AutoAttack at eps {eps:g}.", '',
+             f"- The best AutoAttack accuracy: {fmt(best)}."]
+    ref_names = info[(info.objective == 'ce') & (info.attack == 'pgd')].index
+    sup_names = info[info.objective.isin(SUPCON_OBJECTIVES)].index
+    if len(ref_names) == 0 or len(sup_names) == 0: return lines + ["- The profile lacks PGD-CE or SupCon rows to compare."]
+    ref = stats.loc[ref_names, 'autoattack_acc'].idxmax()
+    lines.append(f"- Plain PGD adversarial training, its best row: {fmt(ref)}.")
+    sup = stats.loc[sup_names]
+    meets = sup[(sup.autoattack_acc >= stats.loc[ref, 'autoattack_acc']) & (sup.clean_acc >= stats.loc[ref, 'clean_acc'] - 0.01)]
+    top = sup['autoattack_acc'].idxmax()
+    lines.append(f"- The best SupCon variant: {fmt(top)}; that is {sup.loc[top, 'autoattack_acc'] - stats.loc[ref, 'autoattack_acc']:+.4f} "
+                 f"AutoAttack and {sup.loc[top, 'clean_acc'] - stats.loc[ref, 'clean_acc']:+.4f} clean against {ref}.")
+    if len(meets): lines.append(f"- **Goal met** (AutoAttack at least {ref}'s, clean accuracy within 1 point) by: {', '.join(meets.index)}. "
+                                "Compare the gaps with the seeds' standard deviations above before calling it a win.")
+    else: lines.append(f"- **Goal not met**: no SupCon variant reaches {ref}'s AutoAttack accuracy with clean accuracy within 1 point of it.")
+    return lines
+
+def _mean_matrix(analyses, key):
+    "The mean over seeds of a {row: {column: value}} result of the analysis runs, as a DataFrame."
+    import pandas as pd
+    frames = [pd.DataFrame(a[key]).T for a in analyses]
+    return sum(frames) / len(frames) if frames else None
+
+def _analysis_lines(analyses, folder:Path):
+    "The transfer matrix and embedding analysis sections (means over seeds), with their figures."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt, seaborn as sns
+    seeds = ', '.join(f"[s{a['seed']}]({a['notebook']})" for a in analyses)
+    tm = _mean_matrix(analyses, 'transfer')
+    fig, ax = plt.subplots(figsize=(0.55 * len(tm) + 3.5, 0.45 * len(tm) + 2.5))
+    sns.heatmap(tm, annot=True, fmt='.2f', vmin=0, vmax=1, cmap='viridis', ax=ax, annot_kws=dict(size=7))
+    ax.set(xlabel='evaluated model', ylabel='adversaries made on (white-box PGD)')
+    fig.tight_layout(); fig.savefig(folder/'figures'/'transfer.png', dpi=110); plt.close(fig)
+    a0 = analyses[0]
+    lines = ['## Transfer matrix', '', f"{a0['attack']['description']} adversaries of each model's {a0['n_test']} test images, evaluated on "
+             f"every model: rows are the models the adversaries were made on, columns the models evaluated, the diagonal is white-box "
+             f"accuracy. Means over the analysis runs {seeds}.", '', '![Transfer matrix](figures/transfer.png)', '']
+    emb = _mean_matrix(analyses, 'embedding')
+    names = {'class_distance_ratio': 'intra/inter distance', 'alignment': 'alignment', 'uniformity': 'uniformity',
+             'adversarial_shift': 'adversarial shift', 'shift_over_inter_class': 'shift / inter-class', 'probe_clean_acc': 'probe: clean',
+             'probe_adv_acc': 'probe: adversarial'}
+    lines += ['## Embedding analysis', '', "The penultimate features of each model on the analysis test images (L2-normalised; see "
+              "`nbs/09_analysis.ipynb` for the definitions): intra- over inter-class distance, Wang and Isola's alignment (same-class "
+              "pairs) and uniformity, the squared distance a white-box PGD adversary moves a feature (and that over the mean squared "
+              "distance between classes), and a linear probe trained on clean training features, tested on clean and adversarial "
+              f"test features. Means over the analysis runs {seeds}.", '',
+              '| Model | ' + ' | '.join(names.values()) + ' |', '|---|' + '---|' * len(names)]
+    for model in emb.index:
+        vals = [[a['embedding'][model][k] for a in analyses if model in a['embedding']] for k in names]
+        lines.append(f'| {model} | ' + ' | '.join(mean_std(v, 3) for v in vals) + ' |')
+    lines += ['', f"Clean (dots) and adversarial (crosses) features in 2-D (PCA of the clean features), coloured by class, "
+              f"seed {a0['seed']}:", '', f"![Feature projections]({Path(a0['notebook']).parent/'projection.png'})", '']
+    return lines
+
+def _lambda_figure(models, folder:Path):
+    "AutoAttack and clean accuracy of the joint objective against lambda, beside plain PGD-CE (online)."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt, seaborn as sns
+    joint = models[(models.objective == 'joint') & models.lam.notna()]
+    if joint['lam'].nunique() < 2 or 'autoattack_acc' not in joint: return None
+    long = joint.melt(id_vars=['lam', 'seed'], value_vars=['clean_acc', 'autoattack_acc'], var_name='accuracy', value_name='value')
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sns.lineplot(long, x='lam', y='value', hue='accuracy', marker='o', errorbar='sd', ax=ax)
+    ref = models[(models.objective == 'ce') & (models.attack == 'pgd') & (models.source == 'online')]
+    for col, style in (('clean_acc', ':'), ('autoattack_acc', '--')):
+        if len(ref): ax.axhline(ref[col].mean(), color='grey', ls=style, lw=1, label=f'PGD-CE online, {col}')
+    ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy', ylim=(0, 1)); ax.legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(folder/'figures'/'lambda.png', dpi=120); plt.close(fig)
+    return folder/'figures'/'lambda.png'
+
+# %% ../nbs/08_experiments.ipynb 23
 def write_report(profile:str|Path|dict, out_root='reports'):
     "Write `report.md` and `report.html` (with `results.csv` and figures) for `profile` from its saved runs."
     prof = profile if isinstance(profile, dict) else load_profile(profile)
@@ -261,14 +405,18 @@ def write_report(profile:str|Path|dict, out_root='reports'):
     paper, beyond = models[models.paper], models[~models.paper]
     acc_cols, loss_cols = ['pgd_acc', 'sc_acc', 'clean_acc', 'pgd_baseline_acc'], ['pgd_loss', 'sc_loss', 'clean_loss', 'pgd_baseline_loss']
     acc_head = ['Model', 'Adversarial: PGD', 'Adversarial: SC', 'Clean', 'PGD from the baseline', 'Paper: Adversarial', 'Paper: Clean', 'runs']
+    has_aa = 'autoattack_acc' in models and models['autoattack_acc'].notna().any()
+    if has_aa: acc_cols, acc_head = acc_cols + ['autoattack_acc'], acc_head[:5] + ['AutoAttack'] + acc_head[5:]
     loss_head = ['Model', 'Adversarial loss: PGD', 'Adversarial loss: SC', 'Clean loss', 'PGD from the baseline', 'Paper: Adversarial loss', 'Paper: Clean loss', 'runs']
     seeds = sorted(done['seed'].unique().tolist())
     proxy = done[done.role == 'proxy']
-    total = done[['train_seconds', 'eval_seconds', 'pool_seconds']].sum().sum()
+    analyses = analysis_results(prof, out_root)
+    total = done[['train_seconds', 'eval_seconds', 'pool_seconds']].sum().sum() + sum(a['seconds']['analysis'] for a in analyses)
     failed = df[df.status == 'failed']
     md = [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
           f"Produced by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
-          f"(`make report` for `quick`). Seeds: {seeds}. {len(done)} of {len(df)} runs finished; their compute time "
+          f"(`make report` for `quick`). Seeds: {seeds}. {len(done)} of {len(df)} runs finished"
+          f"{f', and {len(analyses)} analysis runs' if analyses else ''}; their compute time "
           f"(pools, training, evaluation) adds up to {total / 60:.1f} minutes.", '',
           f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
           f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}",
@@ -283,8 +431,15 @@ def write_report(profile:str|Path|dict, out_root='reports'):
           '## Table 2: cross-entropy loss', '', _table(paper, loss_cols, loss_head, [2, 3]), '']
     if len(beyond):
         md += ['## Beyond the paper', '', "Other sources of adversaries: generated on the fly for every batch (`online`), and a "
-               "pool refreshed from the current model every few iterations (`refresh`, the strategy the authors could not finish).", '',
-               _table(beyond, acc_cols, acc_head[:5] + ['runs']), '', _table(beyond, loss_cols, loss_head[:5] + ['runs']), '']
+               "pool refreshed from the current model every few iterations (`refresh`, the strategy the authors could not finish); "
+               "the baselines a reviewer asks for, TRADES (Zhang et al. 2019) and FGSM with a random start (Wong et al. 2020); and "
+               "the joint objective `CE + λ·SupCon` with adversarial positives over a few λ.", '',
+               _table(beyond, acc_cols, acc_head[:len(acc_cols) + 1] + ['runs']), '', _table(beyond, loss_cols, loss_head[:5] + ['runs']), '']
+    if has_aa:
+        md += ['## AutoAttack', ''] + _autoattack_lines(models[models.autoattack_acc.notna()], prof) + ['']
+        md += ['## Which objective is most robust?', ''] + _answer_lines(models[models.autoattack_acc.notna()], prof) + ['']
+        if _lambda_figure(models, folder): md += ['The joint objective over λ, beside PGD-CE (online):', '', '![lambda sweep](figures/lambda.png)', '']
+    if analyses: md += _analysis_lines(analyses, folder)
     md += ['## Figures', '', '![Clean and adversarial accuracy per model](figures/accuracy.png)', '']
     if (folder/'figures'/'robustness.png').exists(): md += ['![Accuracy against epsilon](figures/robustness.png)', '']
     md += ['## Attacks', ''] + _attack_lines(prof, df) + ['']
@@ -296,6 +451,8 @@ def write_report(profile:str|Path|dict, out_root='reports'):
     md += ['## Runs', '', '| run | status | train s | eval s | device | commit |', '|---|---|---|---|---|---|']
     md += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {getattr(r, 'train_seconds', float('nan')):.0f} | {getattr(r, 'eval_seconds', float('nan')):.0f} "
            f"| {getattr(r, 'device', '')} | {getattr(r, 'git_commit', '')} |" for r in df.itertuples()]
+    md += [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['seconds']['analysis']:.0f} | {a['environment']['device_name']} "
+           f"| {a['environment']['git_commit']} |" for a in analyses]
     text = '\n'.join(md) + '\n'
     (folder/'report.md').write_text(text)
     _html(text, folder/'report.html', f"advcl report: {prof['name']}")
@@ -309,7 +466,7 @@ def _html(md:str, path:Path, title:str):
     path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head><body>{body}</body></html>")
     return path
 
-# %% ../nbs/08_experiments.ipynb 23
+# %% ../nbs/08_experiments.ipynb 25
 def main(argv=None):
     "Command line: `advcl-experiments {run,report,list} --profile NAME [...]`."
     import argparse

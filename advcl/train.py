@@ -26,7 +26,7 @@ __all__ = ['OBJECTIVES', 'SOURCES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 
            'train_step', 'load_proxy', 'train', 'parse_overrides', 'train_command']
 
 # %% ../nbs/06_train.ipynb 5
-OBJECTIVES = ('ce', 'supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint')
+OBJECTIVES = ('ce', 'supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint', 'trades')
 SOURCES = ('none', 'online', 'pool', 'refresh')
 
 @dataclass
@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay:float = 5e-4
     temperature:float = 0.07      # SupCon (Khosla et al.'s default)
     lam:float = 1.0               # joint: weight of the SupCon term
+    beta:float = 6.0              # trades: weight of the KL term (Zhang et al.'s value)
     projection:int|None = None    # None: SupCon on the penultimate features (the paper); d: Khosla's 2-layer MLP to d dims
     augment:bool = False          # add a random crop-and-flip view of the clean batch
     seed:int = 0
@@ -74,6 +75,9 @@ class TrainConfig:
         if self.batch_size < 2: raise ValueError(f"batch_size={self.batch_size}: SupCon needs at least 2 images in a batch.")
         if self.refresh_every < 1: raise ValueError(f"refresh_every={self.refresh_every} must be at least 1.")
         if self.projection is not None and self.projection < 1: raise ValueError("projection must be None or a positive dimension.")
+        if self.objective == 'trades' and (self.source != 'online' or self.attack['kind'] != 'trades'):
+            raise ValueError(f"objective='trades' needs source='online' and attack kind 'trades' (got source={self.source!r}, "
+                             f"attack kind {self.attack['kind']!r}): TRADES attacks the model being trained, on its KL divergence.")
         if self.source == 'none' and self.objective != 'ce' and not self.augment:
             raise ValueError(f"objective={self.objective!r} with source='none' has only one view: use augment=True, or a source of adversaries.")
 
@@ -89,7 +93,7 @@ class TrainConfig:
 # %% ../nbs/06_train.ipynb 8
 @dataclass(frozen=True)
 class Stage:
-    "One stage of a plan: `loss` in ('ce', 'supcon', 'joint', 'head'), trained `params` ('all', 'backbone', 'head')."
+    "One stage of a plan: `loss` in ('ce', 'supcon', 'joint', 'trades', 'head'), trained `params` ('all', 'backbone', 'head')."
     loss:str
     params:str
     epochs:int
@@ -104,7 +108,8 @@ def plan(cfg:TrainConfig):
             'supcon': [supcon],
             'supcon_then_ce': [supcon, Stage('ce', 'all', cfg.finetune_epochs, cfg.finetune_lr, adv)],
             'supcon_retrained_head': [supcon, Stage('head', 'head', cfg.finetune_epochs, cfg.finetune_lr, False)],
-            'joint': [Stage('joint', 'all', cfg.epochs, cfg.lr, adv)]}[cfg.objective]
+            'joint': [Stage('joint', 'all', cfg.epochs, cfg.lr, adv)],
+            'trades': [Stage('trades', 'all', cfg.epochs, cfg.lr, adv)]}[cfg.objective]
 
 def stage_at(stages, epoch:int):
     "The stage that epoch `epoch` (counted over the whole plan) belongs to, and the epoch its stage started at."
@@ -192,10 +197,14 @@ class _Adversaries:
         return self.pool.adversaries(i).to(x.device)
 
 # %% ../nbs/06_train.ipynb 17
+def _has_clean(stage, cfg):
+    "Is the clean batch the first view?"
+    return not stage.adversarial or cfg.mix_clean or stage.loss == 'trades'
+
 def _views(stage, cfg, x, y, i, adversaries, model, step_seed, iteration):
     "The list of views of this batch that the stage trains on."
     views = []
-    if not stage.adversarial or cfg.mix_clean: views.append(x)
+    if _has_clean(stage, cfg): views.append(x)
     if cfg.augment and stage.loss in ('supcon', 'joint'):
         g = torch.Generator(device=x.device).manual_seed(step_seed)
         views.append(random_crop_flip(x, generator=g))
@@ -214,6 +223,10 @@ def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed,
     nv = len(views)
     ys = y.repeat(nv)
     if stage.loss in ('ce', 'head'): loss = F.cross_entropy(logits, ys)
+    elif stage.loss == 'trades':
+        clean, adv = logits.view(nv, len(y), -1)[[0, -1]]
+        kl = F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1), reduction='batchmean')
+        loss = F.cross_entropy(clean, y) + cfg.beta * kl
     else:
         zv = split_views(z.float(), nv)                                   # [batch, views, dim] on this process
         sc = supcon(_gather(zv), _gather(y))
@@ -222,7 +235,7 @@ def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed,
     n = torch.tensor(len(y), device=y.device)
     first_adv = nv - 1 if stage.adversarial else None
     sums = dict(loss=loss.detach() * len(y), n=n,
-                clean_correct=correct[0] if not stage.adversarial or cfg.mix_clean else torch.zeros((), device=y.device),
+                clean_correct=correct[0] if _has_clean(stage, cfg) else torch.zeros((), device=y.device),
                 adv_correct=correct[first_adv] if first_adv is not None else torch.zeros((), device=y.device))
     return loss, sums
 
@@ -346,7 +359,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         sums = _reduce({key: v.item() for key, v in sums.items()}, device)
         seconds = time.perf_counter() - t0
         row = dict(epoch=epoch, stage=stage.loss, loss=sums['loss'] / sums['n'],
-                   train_clean_acc=sums['clean_correct'] / sums['n'] if not stage.adversarial or cfg.mix_clean else None,
+                   train_clean_acc=sums['clean_correct'] / sums['n'] if _has_clean(stage, cfg) else None,
                    train_adv_acc=sums['adv_correct'] / sums['n'] if stage.adversarial else None,
                    val_clean_acc=_evaluate_clean(clf, val, device) if rank == 0 else None,
                    lr=lr, images_per_s=sums['n'] / seconds, seconds=seconds)

@@ -15,7 +15,9 @@ SMOKE = {"name": "smoke", "description": "two rows and a proxy", "seeds": [0],
                     "eps": 0.1, "train_alpha": 0.05, "train_steps": 2, "temperature": 0.1,
                     "eval_attacks": {"pgd": {"kind": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 2},
                                      "sc": {"kind": "sc", "eps": 0.1, "alpha": 0.05, "steps": 2}},
-                    "curve_eps": [0, 0.05, 0.1], "curve_per_class": 5, "curve_steps": 2, "device": "cpu"},
+                    "curve_eps": [0, 0.05, 0.1], "curve_per_class": 5, "curve_steps": 2, "device": "cpu",
+                    "autoattack": {"eps": 0.1, "per_class": 2}},
+         "analysis": {"per_class": 5, "train_per_class": 10},
          "proxy": {"arch": "small_cnn", "arch_kwargs": {"width": 8}, "epochs": 1, "data_seed": 1},
          "rows": [{"name": "Clean", "role": "baseline", "epochs": 2},
                   {"name": "PGD - SupCon Loss", "attack": "pgd", "objective": "supcon", "source": "pool", "epochs": 1},
@@ -49,11 +51,20 @@ def test_driver_resumes_records_failures_and_reports(tmp_path):
     again = _driver('run', '--profile', str(profile), '--out', str(tmp_path/'out'))
     out = again.communicate(timeout=600)[0]
     assert again.returncode == 1, out                                  # the broken row fails, the others finish
-    assert '[1/4] proxy-s0: skipped' in out and '[4/4] broken-s0: failed' in out, out
+    assert '[1/5] proxy-s0: skipped' in out and '[4/5] broken-s0: failed' in out, out
+    assert '[5/5] analysis-s0: blocked - needs the models of broken-s0' in out, out   # the analysis waits for every model
     assert (runs/'proxy-s0'/'metrics.json').stat().st_mtime_ns == first   # finished work is not redone
     err = json.loads((runs/'broken-s0'/'error.json').read_text())
     assert "Unknown objective 'nonsense'" in err['message']
     for r in ('clean-s0', 'pgd-supcon-loss-s0'): assert (runs/r/'metrics.json').exists()
+    m = json.loads((runs/'pgd-supcon-loss-s0'/'metrics.json').read_text())['results']['autoattack']
+    assert m['n'] == 20 and m['acc'] <= m['robust_after']['apgd-ce'] / 20 <= m['robust_after']['clean'] / 20
+    only = _driver('run', '--profile', str(profile), '--out', str(tmp_path/'out'), '--only', 'PGD - SupCon Loss')
+    out = only.communicate(timeout=600)[0]
+    assert only.returncode == 0 and '[4/4] analysis-s0: done' in out, out   # without the broken row, the analysis runs
+    an = json.loads((runs/'analysis-s0'/'metrics.json').read_text())
+    assert set(an['transfer']) == set(an['embedding']) == {'Clean', 'PGD - SupCon Loss'} and an['n_test'] == 50
+    assert 0 <= an['transfer']['Clean']['PGD - SupCon Loss'] <= 1 and (runs/'analysis-s0'/'projection.png').exists()
 
     run([BIN/'advcl-experiments', 'report', '--profile', profile, '--out', tmp_path/'out'])
     folder = tmp_path/'out'/'smoke'
@@ -70,6 +81,9 @@ def test_driver_resumes_records_failures_and_reports(tmp_path):
     for link in {l.split('](')[1].split(')')[0] for l in report.split('[')[1:] if '](' in l}:
         assert (folder/link).exists(), link
     assert (folder/'report.html').exists() and (folder/'figures'/'accuracy.png').exists()
+    for section in ('## AutoAttack', '## Which objective is most robust?', '## Transfer matrix', '## Embedding analysis'):
+        assert section in report, section
+    assert (folder/'figures'/'transfer.png').exists() and 'autoattack_acc' in df
 
 def test_imagenet_profile_is_wired(tmp_path):
     "The paper's set-up (ResNet-50, ImageFolder data, on-the-fly attacks) on a tiny generated folder with random weights."

@@ -34,7 +34,8 @@ def _first_last(history, stage):
     losses = [h['loss'] for h in history if h['stage'] == stage]
     return losses[0], losses[-1]
 
-CASES = [(o, s, k) for o in OBJECTIVES for s, k in [('online', 'pgd'), ('online', 'sc'), ('pool', 'pgd'), ('refresh', 'pgd')]]
+CASES = [(o, s, k) for o in OBJECTIVES if o != 'trades' for s, k in [('online', 'pgd'), ('online', 'sc'), ('pool', 'pgd'), ('refresh', 'pgd')]]
+CASES += [('trades', 'online', 'trades'), ('ce', 'online', 'fgsm')]   # TRADES attacks the model being trained; FGSM-RS (Wong et al.)
 
 @pytest.mark.parametrize('objective,source,kind', CASES, ids=[f'{o}-{s}-{k}' for o, s, k in CASES])
 def test_every_objective_and_source_trains(objective, source, kind, data, setup, tmp_path):
@@ -42,7 +43,8 @@ def test_every_objective_and_source_trains(objective, source, kind, data, setup,
                       pool=str(setup/'pool') if source == 'pool' else None, refresh_every=3, epochs=3, finetune_epochs=3,
                       batch_size=60, lr=0.05, finetune_lr=0.05, temperature=0.2, seed=0, device='cpu')
     model, hist = train(cfg, tmp_path, data=data, progress=False)
-    first_loss = {'ce': 'ce', 'supcon': 'supcon', 'supcon_then_ce': 'supcon', 'supcon_retrained_head': 'supcon', 'joint': 'joint'}[objective]
+    first_loss = {'ce': 'ce', 'supcon': 'supcon', 'supcon_then_ce': 'supcon', 'supcon_retrained_head': 'supcon', 'joint': 'joint',
+                  'trades': 'trades'}[objective]
     a, b = _first_last(hist, first_loss)
     assert b < a, f"{first_loss} loss did not fall: {a} -> {b}"
     if objective in ('supcon_then_ce', 'supcon_retrained_head'):
@@ -50,6 +52,7 @@ def test_every_objective_and_source_trains(objective, source, kind, data, setup,
         a, b = _first_last(hist, second)
         assert b < a, f"{second} loss did not fall: {a} -> {b}"
     assert all(h['train_adv_acc'] is not None for h in hist if h['stage'] != 'head')
+    if objective == 'trades': assert all(h['train_clean_acc'] is not None for h in hist)   # TRADES always sees the clean view
     assert (tmp_path/'model.pt').exists() and len((tmp_path/'metrics.jsonl').read_text().splitlines()) == len(hist)
 
 def test_clean_baseline_trains(data, tmp_path):
