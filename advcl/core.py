@@ -64,13 +64,14 @@ def resolve_device(device:str|torch.device='auto'): # 'auto', 'cpu', 'cuda', 'cu
 
 # %% ../nbs/00_core.ipynb 16
 def git_commit(path='.'):
-    "The git commit of the repository holding `path` (`+dirty` if it has uncommitted changes), or None."
+    "The git commit of the repository holding `path` (`+dirty` if its code has uncommitted changes), or None."
     def _git(*args):
         return subprocess.run(['git', *args], cwd=path, capture_output=True, text=True, timeout=10).stdout.strip()
     try:
         sha = _git('rev-parse', '--short=12', 'HEAD')
         if not sha: return None
-        return sha + ('+dirty' if _git('status', '--porcelain', '--untracked-files=no') else '')
+        # reports/ is the runs' own output: a run that rewrites it leaves the code it ran as committed
+        return sha + ('+dirty' if _git('status', '--porcelain', '--untracked-files=no', '--', '.', ':!reports') else '')
     except (OSError, subprocess.SubprocessError): return None
 
 def device_name(device):
