@@ -266,7 +266,8 @@ def _attack_lines(profile, df):
     against = dict(pgd=", against the model being trained (online, refresh) or the clean baseline (pool)", sc=", against the proxy",
                    fgsm=", against the model being trained (FGSM-RS)", trades=", on the KL divergence of the model being trained (TRADES)")
     for kind, steps, alpha in sorted(used):
-        lines.append(f"- training, {kind.upper()}: {steps} steps of {alpha:g}, L-inf eps {c.get('eps'):g}, random start{against[kind]}")
+        lines.append(f"- training, {kind.upper()}: {steps} step{'s' if steps != 1 else ''} of {alpha:g}, L-inf eps {c.get('eps'):g}, "
+                     f"random start{against[kind]}")
     for name, a in c.get('eval_attacks', {}).items():
         lines.append(f"- evaluation, `{name}`: {a['kind'].upper()}-{a['steps']} L-inf eps {a['eps']:g}, step {a['alpha']:g}, random start"
                      + (", white-box against each evaluated model" if a['kind'] == 'pgd' else ", against the proxy, made once per seed"))
@@ -322,7 +323,8 @@ def _answer_lines(models, profile):
     fmt = lambda name: (f"**{name}** (objective `{info.loc[name, 'objective']}`, source `{info.loc[name, 'source']}`): AutoAttack "
                         f"{stats.loc[name, 'autoattack_acc']:.4f} at clean {stats.loc[name, 'clean_acc']:.4f}")
     best = stats['autoattack_acc'].idxmax()
-    lines = [f"Means over seeds {sorted(models['seed'].unique().tolist())}; AutoAttack at eps {eps:g}.", '',
+    lines = [f"Means over seeds {sorted(models['seed'].unique().tolist())}; AutoAttack at eps {eps:g} on "
+             f"{int(models['autoattack_n'].dropna().iloc[0])} test images per model and seed.", '',
              f"- The best AutoAttack accuracy: {fmt(best)}."]
     ref_names = info[(info.objective == 'ce') & (info.attack == 'pgd')].index
     sup_names = info[info.objective.isin(SUPCON_OBJECTIVES)].index
@@ -332,11 +334,21 @@ def _answer_lines(models, profile):
     sup = stats.loc[sup_names]
     meets = sup[(sup.autoattack_acc >= stats.loc[ref, 'autoattack_acc']) & (sup.clean_acc >= stats.loc[ref, 'clean_acc'] - 0.01)]
     top = sup['autoattack_acc'].idxmax()
-    lines.append(f"- The best SupCon variant: {fmt(top)}; that is {sup.loc[top, 'autoattack_acc'] - stats.loc[ref, 'autoattack_acc']:+.4f} "
-                 f"AutoAttack and {sup.loc[top, 'clean_acc'] - stats.loc[ref, 'clean_acc']:+.4f} clean against {ref}.")
-    if len(meets): lines.append(f"- **Goal met** (AutoAttack at least {ref}'s, clean accuracy within 1 point) by: {', '.join(meets.index)}. "
-                                "Compare the gaps with the seeds' standard deviations above before calling it a win.")
+    n_images = models.groupby('name')['autoattack_n'].max()       # every seed attacks the same test images
+    def gap(name):
+        "AutoAttack gap to the reference, with twice its standard error from the sampling of the test images (unpaired: conservative)."
+        p, q = stats.loc[name, 'autoattack_acc'], stats.loc[ref, 'autoattack_acc']
+        two_se = 2 * math.sqrt(p * (1 - p) / n_images[name] + q * (1 - q) / n_images[ref])
+        return f"{p - q:+.4f} ± {two_se:.4f} (2 SE{'' if abs(p - q) > two_se else '; within sampling noise'})"
+    lines.append(f"- The best SupCon variant: {fmt(top)}; against {ref}: AutoAttack {gap(top)}, clean "
+                 f"{sup.loc[top, 'clean_acc'] - stats.loc[ref, 'clean_acc']:+.4f}.")
+    if len(meets): lines.append(f"- **Goal met** (AutoAttack at least {ref}'s, clean accuracy within 1 point) by: "
+                                + '; '.join(f"{k} ({gap(k)})" for k in meets.index) + ". A gap within sampling noise is a tie, not a win; "
+                                "the standard error counts only the sampling of test images, not the spread over seeds.")
     else: lines.append(f"- **Goal not met**: no SupCon variant reaches {ref}'s AutoAttack accuracy with clean accuracy within 1 point of it.")
+    joint = info[info.objective == 'joint'].index
+    if len(joint): lines.append("- The joint objective `CE + λ·SupCon` becomes plain CE training as λ → 0: a small λ matching PGD-CE says "
+                                "little about SupCon; look at the larger λ (figure below).")
     return lines
 
 def _mean_matrix(analyses, key):
