@@ -12,7 +12,7 @@ from .data import make_loader, to_float_images
 
 # %% auto 0
 __all__ = ['features', 'class_distance_ratio', 'alignment', 'uniformity', 'adversarial_shift', 'inter_class_sq_distance',
-           'linear_probe', 'project_2d', 'plot_projection', 'embedding_metrics', 'transfer_matrix']
+           'linear_probe', 'project_2d', 'plot_projection', 'plot_transfer', 'embedding_metrics', 'transfer_matrix']
 
 # %% ../nbs/09_analysis.ipynb 7
 def features(model, data, # (images, labels) tensors, images uint8 or in [0,1]
@@ -25,25 +25,31 @@ def features(model, data, # (images, labels) tensors, images uint8 or in [0,1]
     return torch.cat(out)
 
 # %% ../nbs/09_analysis.ipynb 9
-def _sq_dists(z): return torch.cdist(z, z).pow(2)
+def _distances(z):
+    "Pairwise distances between L2-normalised features, and the mask of pairs i != j."
+    zn = F.normalize(z, dim=1)
+    return torch.cdist(zn, zn), ~torch.eye(len(z), dtype=torch.bool)
+
+def _class_pairs(z, y):
+    "Pairwise normalised distances, the same-class pairs i != j, and the pairs of different classes."
+    d, off = _distances(z)
+    same = y[:, None] == y[None, :]
+    return d, same & off, ~same
 
 def class_distance_ratio(z, y):
     "Mean distance between L2-normalised features of the same class over that between different classes."
-    d = torch.cdist(F.normalize(z, dim=1), F.normalize(z, dim=1))
-    same, eye = y[:, None] == y[None, :], torch.eye(len(y), dtype=torch.bool)
-    return (d[same & ~eye].mean() / d[~same].mean()).item()
+    d, same, other = _class_pairs(z, y)
+    return (d[same].mean() / d[other].mean()).item()
 
 def alignment(z, y, alpha:float=2):
     "Wang and Isola's alignment over same-class pairs: mean of ||ẑ_i - ẑ_j||^alpha (lower: tighter classes)."
-    d = torch.cdist(F.normalize(z, dim=1), F.normalize(z, dim=1))
-    same, eye = y[:, None] == y[None, :], torch.eye(len(y), dtype=torch.bool)
-    return d[same & ~eye].pow(alpha).mean().item()
+    d, same, _ = _class_pairs(z, y)
+    return d[same].pow(alpha).mean().item()
 
 def uniformity(z, t:float=2):
     "Wang and Isola's uniformity: log of the mean of exp(-t ||ẑ_i - ẑ_j||^2) over pairs i != j (lower: more uniform)."
-    d2 = _sq_dists(F.normalize(z, dim=1))
-    off = ~torch.eye(len(z), dtype=torch.bool)
-    return torch.logsumexp(-t * d2[off], 0).sub(torch.log(torch.tensor(float(off.sum())))).item()
+    d, off = _distances(z)
+    return torch.logsumexp(-t * d[off].pow(2), 0).sub(torch.log(torch.tensor(float(off.sum())))).item()
 
 def adversarial_shift(z_clean, z_adv):
     "Mean squared distance between the L2-normalised clean and adversarial features of the same images."
@@ -51,8 +57,8 @@ def adversarial_shift(z_clean, z_adv):
 
 def inter_class_sq_distance(z, y):
     "Mean squared distance between L2-normalised features of different classes."
-    d2 = _sq_dists(F.normalize(z, dim=1))
-    return d2[y[:, None] != y[None, :]].mean().item()
+    d, _, other = _class_pairs(z, y)
+    return d[other].pow(2).mean().item()
 
 # %% ../nbs/09_analysis.ipynb 13
 def linear_probe(z_train, y_train, tests:dict, # name -> (features, labels) to score
@@ -88,6 +94,14 @@ def plot_projection(ax, p_clean, p_adv, y, title:str='', classes=None):
     ax.scatter(p_clean[:, 0], p_clean[:, 1], c=c, s=6, alpha=0.7, marker='o', linewidths=0)
     ax.scatter(p_adv[:, 0], p_adv[:, 1], c=c, s=10, alpha=0.7, marker='x', linewidths=0.7)
     ax.set(title=title, xticks=[], yticks=[])
+    return ax
+
+def plot_transfer(ax, matrix, # DataFrame: rows the models the adversaries were made on, columns the models evaluated
+                  attack_name:str='white-box PGD'):
+    "A transfer matrix of accuracies as an annotated heatmap on matplotlib axes `ax`."
+    import seaborn as sns
+    sns.heatmap(matrix, annot=True, fmt='.2f', vmin=0, vmax=1, cmap='viridis', ax=ax, annot_kws=dict(size=7))
+    ax.set(xlabel='evaluated model', ylabel=f'adversaries made on ({attack_name})')
     return ax
 
 # %% ../nbs/09_analysis.ipynb 19

@@ -221,21 +221,35 @@ def _cell(group, col, link=True):
     if text == '—' or not link: return text
     return f"[{text}]({group['notebook'].iloc[0]})"
 
+def _seed_links(g):
+    "Links to the run notebook of every seed of a row: '[s0](...) [s1](...)'."
+    return ' '.join(f'[s{s}]({nb})' for s, nb in zip(g['seed'], g['notebook']))
+
 def _table(df, columns, header, paper_cols=None):
     "A markdown table: one line per row name, our columns then the paper's."
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for name, g in df.groupby('name', sort=False):
         cells = [name] + [_cell(g, c) for c in columns]
         if paper_cols is not None: cells += [f'{PAPER[name][i]:.4f}' if name in PAPER else '—' for i in paper_cols]
-        seeds = ' '.join(f'[s{s}]({nb})' for s, nb in zip(g['seed'], g['notebook']))
-        lines.append('| ' + ' | '.join(cells + [seeds]) + ' |')
+        lines.append('| ' + ' | '.join(cells + [_seed_links(g)]) + ' |')
     return '\n'.join(lines)
 
 # %% ../nbs/08_experiments.ipynb 19
+def _pyplot():
+    "matplotlib's pyplot on the file-only Agg backend (reports are drawn without a display)."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+def _save(fig, path, dpi=120):
+    "Lay out, write and close a figure."
+    fig.tight_layout(); fig.savefig(path, dpi=dpi); _pyplot().close(fig)
+    return path
+
 def _figures(df, profile, folder:Path):
     "Clean vs adversarial accuracy per row, and accuracy against epsilon, as PNGs in `folder/figures`."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt, pandas as pd, seaborn as sns
+    import pandas as pd, seaborn as sns
+    plt = _pyplot()
     figs = folder/'figures'; figs.mkdir(exist_ok=True)
     done = df[df.status.isin(['done', 'stale']) & (df.role != 'proxy')]
     names = {'clean_acc': 'clean', 'pgd_acc': 'PGD (white-box)', 'sc_acc': 'SupCon attack', 'pgd_baseline_acc': 'PGD from the baseline',
@@ -245,7 +259,7 @@ def _figures(df, profile, folder:Path):
     fig, ax = plt.subplots(figsize=(9, 0.45 * done['name'].nunique() + 1.5))
     sns.barplot(long, y='name', x='accuracy', hue='evaluation', errorbar=('sd') if done['seed'].nunique() > 1 else None, ax=ax)
     ax.set(xlim=(0, 1), ylabel='', xlabel='test accuracy'); ax.legend(loc='lower right', fontsize=8)
-    fig.tight_layout(); fig.savefig(figs/'accuracy.png', dpi=120); plt.close(fig)
+    _save(fig, figs/'accuracy.png')
     curves = []
     for run in plan_runs(profile, folder.parent):
         if run.role in ('baseline', 'row') and run_status(run) in ('done', 'stale'):
@@ -254,7 +268,7 @@ def _figures(df, profile, folder:Path):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         sns.lineplot(pd.DataFrame(curves), x='eps', y='acc', hue='name', marker='o', errorbar='sd', ax=ax)
         ax.set(ylim=(0, 1), xlabel='L-inf eps (PGD)', ylabel='test accuracy'); ax.legend(fontsize=7)
-        fig.tight_layout(); fig.savefig(figs/'robustness.png', dpi=120); plt.close(fig)
+        _save(fig, figs/'robustness.png')
     return figs
 
 # %% ../nbs/08_experiments.ipynb 20
@@ -308,8 +322,7 @@ def _autoattack_lines(models, profile):
         gap = (g['pgd_acc'] - g['autoattack_acc']).mean()
         if gap > MASKING_GAP: flagged.append(name)
         cells = [_cell(g, c) for c in ('clean_acc', 'pgd_acc', 'autoattack_apgd-ce_acc', 'autoattack_acc')]
-        seeds = ' '.join(f'[s{s}]({nb})' for s, nb in zip(g['seed'], g['notebook']))
-        lines.append(f"| {name} | " + ' | '.join(cells) + f" | {gap:+.4f}{' ⚠' if gap > MASKING_GAP else ''} | {seeds} |")
+        lines.append(f"| {name} | " + ' | '.join(cells) + f" | {gap:+.4f}{' ⚠' if gap > MASKING_GAP else ''} | {_seed_links(g)} |")
     lines += ['', (f"⚠ Gradient masking suspected (AutoAttack more than {MASKING_GAP:g} below PGD): {', '.join(flagged)}." if flagged else
                    f"No model's AutoAttack accuracy is more than {MASKING_GAP:g} below its PGD accuracy: no sign of gradient masking. "
                    "(PGD is measured on all test images, AutoAttack on its subset.)")]
@@ -359,14 +372,12 @@ def _mean_matrix(analyses, key):
 
 def _analysis_lines(analyses, folder:Path):
     "The transfer matrix and embedding analysis sections (means over seeds), with their figures."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt, seaborn as sns
+    from advcl.analysis import plot_transfer
     seeds = ', '.join(f"[s{a['seed']}]({a['notebook']})" for a in analyses)
     tm = _mean_matrix(analyses, 'transfer')
-    fig, ax = plt.subplots(figsize=(0.55 * len(tm) + 3.5, 0.45 * len(tm) + 2.5))
-    sns.heatmap(tm, annot=True, fmt='.2f', vmin=0, vmax=1, cmap='viridis', ax=ax, annot_kws=dict(size=7))
-    ax.set(xlabel='evaluated model', ylabel='adversaries made on (white-box PGD)')
-    fig.tight_layout(); fig.savefig(folder/'figures'/'transfer.png', dpi=110); plt.close(fig)
+    fig, ax = _pyplot().subplots(figsize=(0.55 * len(tm) + 3.5, 0.45 * len(tm) + 2.5))
+    plot_transfer(ax, tm)
+    _save(fig, folder/'figures'/'transfer.png', dpi=110)
     a0 = analyses[0]
     lines = ['## Transfer matrix', '', f"{a0['attack']['description']} adversaries of each model's {a0['n_test']} test images, evaluated on "
              f"every model: rows are the models the adversaries were made on, columns the models evaluated, the diagonal is white-box "
@@ -390,19 +401,17 @@ def _analysis_lines(analyses, folder:Path):
 
 def _lambda_figure(models, folder:Path):
     "AutoAttack and clean accuracy of the joint objective against lambda, beside plain PGD-CE (online)."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt, seaborn as sns
+    import seaborn as sns
     joint = models[(models.objective == 'joint') & models.lam.notna()]
     if joint['lam'].nunique() < 2 or 'autoattack_acc' not in joint: return None
     long = joint.melt(id_vars=['lam', 'seed'], value_vars=['clean_acc', 'autoattack_acc'], var_name='accuracy', value_name='value')
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     sns.lineplot(long, x='lam', y='value', hue='accuracy', marker='o', errorbar='sd', ax=ax)
     ref = models[(models.objective == 'ce') & (models.attack == 'pgd') & (models.source == 'online')]
     for col, style in (('clean_acc', ':'), ('autoattack_acc', '--')):
         if len(ref): ax.axhline(ref[col].mean(), color='grey', ls=style, lw=1, label=f'PGD-CE online, {col}')
     ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy', ylim=(0, 1)); ax.legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(folder/'figures'/'lambda.png', dpi=120); plt.close(fig)
-    return folder/'figures'/'lambda.png'
+    return _save(fig, folder/'figures'/'lambda.png')
 
 # %% ../nbs/08_experiments.ipynb 23
 def write_report(profile:str|Path|dict, out_root='reports'):
