@@ -114,6 +114,9 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a, b = _weights(tmp_path/'one'/'model.pt'), _weights(tmp_path/'two'/'model.pt')
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-4, f"weights differ by up to {worst}"
+    # Float rounding alone moves these weights by about 3e-4 (one process with 1 vs 2 OpenMP threads, AMD EPYC);
+    # a real fault moves them far more: one epoch fewer by 0.04, batches of 20 (no gradient all-reduce) by 0.14.
+    assert worst < 2e-3, f"weights differ by up to {worst}"
     h1, h2 = ([json.loads(l) for l in (tmp_path/d/'metrics.jsonl').read_text().splitlines()] for d in ('one', 'two'))
-    for r1, r2 in zip(h1, h2): assert abs(r1['loss'] - r2['loss']) < 1e-4 and r1['train_clean_acc'] == r2['train_clean_acc']
+    for r1, r2 in zip(h1, h2):
+        assert abs(r1['loss'] - r2['loss']) < 1e-4 * abs(r1['loss']) and r1['train_clean_acc'] == r2['train_clean_acc']
