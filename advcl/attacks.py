@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto 0
-__all__ = ['NORMS', 'ATTACKS', 'project_linf', 'project_l2', 'projected_gradient', 'eval_mode', 'pgd', 'embedding_attack', 'fgsm',
-           'trades_attack', 'Attack']
+__all__ = ['NORMS', 'ATTACKS', 'project_linf', 'project_l2', 'projected_gradient', 'eval_mode', 'attack_mode', 'pgd',
+           'embedding_attack', 'fgsm', 'trades_attack', 'Attack']
 
 # %% ../nbs/03_attacks.ipynb 5
 def project_linf(x_adv, x, eps:float):
@@ -89,6 +89,17 @@ def eval_mode(*modules:nn.Module):
     finally:
         for m, mode in modes: m.training = mode
 
+@contextmanager
+def attack_mode(*modules:nn.Module):
+    "`eval_mode`, and no parameter of `modules` requires a gradient inside the block: an attack's view of a model."
+    flags = [(p, p.requires_grad) for root in modules for p in root.parameters()]
+    try:
+        with eval_mode(*modules):
+            for p, _ in flags: p.requires_grad_(False)
+            yield
+    finally:
+        for p, flag in flags: p.requires_grad_(flag)
+
 # %% ../nbs/03_attacks.ipynb 16
 def _generator(x, seed):
     return None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
@@ -110,7 +121,7 @@ def pgd(model:nn.Module, # a classifier on images in [0,1] (normalisation inside
     "Projected gradient descent (Madry et al. 2018) on the cross-entropy: adversarial images within `eps` of `x`."
     _check_settings(eps, alpha, steps, norm); _check_images(x, y)
     g, sign = _generator(x, seed), -1. if targeted else 1.
-    with eval_mode(model):
+    with attack_mode(model):
         return torch.cat([projected_gradient(lambda xa, yc=y[c]: sign * F.cross_entropy(model(xa), yc),
                                              x[c], eps, alpha, steps, random_start, norm, g, _amp(x, amp))
                           for c in _chunks(len(x), chunk_size)])
@@ -124,7 +135,7 @@ def embedding_attack(embedder:nn.Module, # the proxy: images in [0,1] -> embeddi
     _check_settings(eps, alpha, steps, norm); _check_images(x)
     g, use_amp = _generator(x, seed), _amp(x, amp)
     out = []
-    with eval_mode(embedder):
+    with attack_mode(embedder):
         for c in _chunks(len(x), chunk_size):
             with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 z = embedder(x[c]).float()
@@ -149,7 +160,7 @@ def trades_attack(model:nn.Module, x:torch.Tensor, *, eps:float, alpha:float, st
     "TRADES' inner maximisation: PGD on KL(p(x) || p(x_adv)) of `model`'s softmax outputs."
     _check_settings(eps, alpha, steps, norm); _check_images(x)
     g, use_amp, out = _generator(x, seed), _amp(x, amp), []
-    with eval_mode(model):
+    with attack_mode(model):
         for c in _chunks(len(x), chunk_size):
             xc = x[c].detach()
             with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):

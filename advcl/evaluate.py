@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .attacks import Attack, eval_mode
+from .attacks import Attack, attack_mode, eval_mode
 from .data import make_loader, to_float_images
 
 # %% auto 0
@@ -42,7 +42,7 @@ def evaluate(model, # the classifier to evaluate (images in [0,1])
     if precomputed and not isinstance(data, tuple): raise ValueError("precomputed adversaries need tensor data, aligned with it.")
     loader = make_loader(data, batch_size, device=device, with_index=True)
     totals = {}
-    with eval_mode(model):
+    with attack_mode(model):
         for k, (x, y, i) in enumerate(tqdm(loader, desc='evaluate', disable=not progress, leave=False)):
             with torch.no_grad(): _accumulate(totals, 'clean', model(x), y)
             for name, attack in attacks.items():
@@ -79,7 +79,7 @@ def autoattack(model, x:torch.Tensor, y:torch.Tensor, *, eps:float, n_classes:in
     from advcl.attacks import _check_images, _check_settings
     _check_settings(eps, 1.0, 1, norm); _check_images(x, y)
     x_adv, y = x.detach().clone(), y.to(x.device)
-    with eval_mode(model):
+    with attack_mode(model):
         with torch.no_grad(): robust = torch.cat([model(x[c]).argmax(1) == y[c] for c in torch.arange(len(x)).split(batch_size)])
         counts = {'clean': int(robust.sum())}
         for name, atk in tqdm(_autoattack_parts(model, eps, norm, n_classes, seed).items(), desc='AutoAttack', disable=not progress, leave=False):

@@ -104,6 +104,7 @@ def create_classifier(arch:str='small_cnn', # a name in `SMALL_ARCHS`, or a timm
                       pretrained:bool=False, # timm models only: load the published weights
                       pretrained_file=None, # timm models only: load weights from this local file instead
                       num_classes:int|None=None, # default: the data set's
+                      channels_last:bool=True, # memory format of the weights (and so of the activations)
                       **kwargs): # passed to the architecture (e.g. `width=`)
     "A `Classifier` of architecture `arch` for data set `dataset`."
     info = dataset_info(dataset)
@@ -122,7 +123,8 @@ def create_classifier(arch:str='small_cnn', # a name in `SMALL_ARCHS`, or a timm
                          "(see timm.list_models()).")
     config = dict(arch=arch, dataset=dataset, num_classes=num_classes, in_chans=in_chans,
                   input_size=info['size'], mean=list(mean), std=list(std), kwargs=kwargs)
-    return Classifier(backbone, head, mean, std, config)
+    clf = Classifier(backbone, head, mean, std, config)
+    return clf.to(memory_format=torch.channels_last) if channels_last else clf
 
 # %% ../nbs/02_models.ipynb 20
 class Embedder(nn.Module):

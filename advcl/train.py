@@ -22,12 +22,13 @@ from .losses import SupConLoss, split_views
 from .pool import AdversarialPool, RefreshingPool
 
 # %% auto 0
-__all__ = ['OBJECTIVES', 'SOURCES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 'TrainModule', 'set_trainable', 'dist_info',
-           'train_step', 'load_proxy', 'train', 'parse_overrides', 'train_command']
+__all__ = ['OBJECTIVES', 'SOURCES', 'COMPILE_MODES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 'TrainModule', 'set_trainable',
+           'dist_info', 'train_step', 'load_proxy', 'train', 'parse_overrides', 'train_command']
 
 # %% ../nbs/06_train.ipynb 5
 OBJECTIVES = ('ce', 'supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint', 'trades')
 SOURCES = ('none', 'online', 'pool', 'refresh')
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 @dataclass
 class TrainConfig:
@@ -63,8 +64,8 @@ class TrainConfig:
     seed:int = 0
     device:str = 'auto'
     amp:bool|None = None          # bf16 autocast; None: on a GPU only
-    channels_last:bool|None = None  # None: on a GPU only
-    compile:bool = False
+    channels_last:bool = True     # the model's memory format (see create_classifier)
+    compile:bool|str = False      # torch.compile the training step and the attacked model; or a mode, e.g. 'reduce-overhead' (CUDA graphs)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES: raise ValueError(f"Unknown objective {self.objective!r}: use one of {OBJECTIVES}.")
@@ -73,6 +74,8 @@ class TrainConfig:
         if self.source == 'pool' and not self.pool: raise ValueError("source='pool' needs pool=, the folder of a pool made by advcl-pool.")
         if self.epochs < 0 or self.finetune_epochs < 0: raise ValueError("epochs and finetune_epochs can't be negative.")
         if self.batch_size < 2: raise ValueError(f"batch_size={self.batch_size}: SupCon needs at least 2 images in a batch.")
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile={self.compile!r}: use True, False or a torch.compile mode in {COMPILE_MODES}.")
         if self.refresh_every < 1: raise ValueError(f"refresh_every={self.refresh_every} must be at least 1.")
         if self.projection is not None and self.projection < 1: raise ValueError("projection must be None or a positive dimension.")
         if self.objective == 'trades' and (self.source != 'online' or self.attack['kind'] != 'trades'):
@@ -242,7 +245,8 @@ def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed,
 # %% ../nbs/06_train.ipynb 19
 def _initial_classifier(cfg:TrainConfig):
     "The classifier a run starts from: `cfg.init` (checked to be of the configured architecture), or a new one."
-    clf = create_classifier(cfg.arch, cfg.dataset, pretrained=cfg.pretrained and not cfg.init, **cfg.arch_kwargs)
+    clf = create_classifier(cfg.arch, cfg.dataset, pretrained=cfg.pretrained and not cfg.init, channels_last=cfg.channels_last,
+                            **cfg.arch_kwargs)
     return load_checkpoint(cfg.init, model=clf)[0] if cfg.init else clf
 
 def load_proxy(proxy:str, device):
@@ -267,6 +271,11 @@ def _optimizer(stage, params, cfg, steps):
     opt = torch.optim.SGD(params, lr=stage.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
     return opt, sched
+
+def _compiled(module, compile):
+    "`module`, compiled by `torch.compile` if `compile` (True or a mode name)."
+    if not compile: return module
+    return torch.compile(module) if compile is True else torch.compile(module, mode=compile)
 
 def _load_state(path, cfg):
     state = torch.load(path, map_location='cpu', weights_only=False)
@@ -304,7 +313,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
     rank, world, device = _setup_distributed(resolve_device(cfg.device))
     if cfg.batch_size % world: raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes.")
     amp = device.type == 'cuda' if cfg.amp is None else cfg.amp
-    channels_last = device.type == 'cuda' if cfg.channels_last is None else cfg.channels_last
+    channels_last = cfg.channels_last
     attack = Attack(**cfg.attack) if cfg.adversarial else None
     if attack is not None and attack.kind == 'sc' and embedder is None:
         if not cfg.proxy: raise ValueError("The SupCon attack needs a proxy: set proxy= (a checkpoint, or 'dinov2_small').")
@@ -315,7 +324,6 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
     seed_everything(cfg.seed)
     clf = _initial_classifier(cfg)
     module = TrainModule(clf, cfg.projection).to(device)
-    if channels_last: module = module.to(memory_format=torch.channels_last)
     if isinstance(data, tuple):
         adversaries, x, y = _source_and_data(cfg, attack, *data, device, embedder, amp)
         loader = TensorLoader(x, y, cfg.batch_size // world, shuffle=True, seed=cfg.seed, device=device,
@@ -334,13 +342,14 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         if state.get('refresh') and cfg.source == 'refresh': adversaries.pool.load_state_dict(state['refresh'])
     history = _read_history(log, start)
     if rank == 0: log.write_text(''.join(json.dumps(r) + '\n' for r in history))
+    attacked = _compiled(clf, cfg.compile)                               # the model the online/refresh attacks run
     opt = sched = wrapped = None
     for epoch in range(start, total):
         stage, stage_start = stage_at(stages, epoch)
         if opt is None or epoch == stage_start:
             params = set_trainable(module, stage.params, projection=stage.loss in ('supcon', 'joint'))
             wrapped = nn.parallel.DistributedDataParallel(module) if world > 1 else module
-            if cfg.compile: wrapped = torch.compile(wrapped)
+            wrapped = _compiled(wrapped, cfg.compile)
             opt, sched = _optimizer(stage, params, cfg, stage.epochs * len(loader))
             if state and epoch == start and epoch != stage_start:
                 opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
@@ -352,7 +361,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         for k, batch in enumerate(bar):
             iteration = epoch * len(loader) + k
             step_seed = cfg.seed * 1_000_003 + iteration
-            loss, s = train_step(wrapped, stage, cfg, supcon, batch, adversaries, clf, step_seed, iteration, amp, channels_last)
+            loss, s = train_step(wrapped, stage, cfg, supcon, batch, adversaries, attacked, step_seed, iteration, amp, channels_last)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             sums = s if sums is None else {key: sums[key] + s[key] for key in s}
             if progress and rank == 0 and k % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from advcl.attacks import pgd, projected_gradient
+from advcl.attacks import attack_mode, pgd, projected_gradient
 from advcl.core import environment
 from advcl.data import dataset_info
 from advcl.models import create_classifier
@@ -51,9 +51,8 @@ def setting(arch, kwargs, dataset, batch_size, device, dtype, channels_last, com
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
 
     def pgd_steps_call():      # the attack's own loop, `pgd_steps` steps: forward + gradient with respect to the input only
-        run.eval()
-        projected_gradient(lambda xa: F.cross_entropy(run(xa).float(), y), x, eps=0.1, alpha=0.025, steps=pgd_steps, amp=amp)
-        run.train()
+        with attack_mode(run):  # eval mode, parameters frozen (as `pgd` runs it)
+            projected_gradient(lambda xa: F.cross_entropy(run(xa).float(), y), x, eps=0.1, alpha=0.025, steps=pgd_steps, amp=amp)
 
     def at_step():
         xa = pgd(run, x, y, eps=0.1, alpha=0.025, steps=pgd_steps, amp=amp)
