@@ -315,7 +315,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
     amp = device.type == 'cuda' if cfg.amp is None else cfg.amp
     channels_last = cfg.channels_last
     attack = Attack(**cfg.attack) if cfg.adversarial else None
-    if attack is not None and attack.kind == 'sc' and embedder is None:
+    if attack is not None and attack.kind == 'sc' and embedder is None and cfg.source in ('online', 'refresh'):
         if not cfg.proxy: raise ValueError("The SupCon attack needs a proxy: set proxy= (a checkpoint, or 'dinov2_small').")
         embedder = load_proxy(cfg.proxy, device)
     if data is None: data = load_data(cfg.dataset, 'train', cfg.data_root, cfg.n_per_class, cfg.data_seed)
@@ -384,7 +384,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         save_checkpoint(out_dir/'model.pt', clf, record=dict(config=cfg.to_dict(), history=history, environment=environment(device)))
     return clf, history
 
-# %% ../nbs/06_train.ipynb 34
+# %% ../nbs/06_train.ipynb 36
 def parse_overrides(pairs):
     "['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}: values as JSON where they parse, else strings."
     out = {}
