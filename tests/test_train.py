@@ -134,3 +134,13 @@ def test_compiled_run_trains_like_eager(tmp_path):
     for r1, r2 in zip(h1, h2):
         assert abs(r1['loss'] - r2['loss']) < 1e-2 * r1['loss'], (r1, r2)
         assert abs(r1['train_adv_acc'] - r2['train_adv_acc']) < 0.03 and abs(r1['train_clean_acc'] - r2['train_clean_acc']) < 0.03
+
+def test_two_processes_attack_on_the_fly(tmp_path):
+    "Each process attacks its own shard with the model DDP wraps (the attack freezes and restores its parameters)."
+    sets = [s for s in DDP if not s.startswith('source=')] + ['source=online']
+    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                          str(BIN/'advcl-train'), '--out', str(tmp_path), '--quiet', '--set', *sets],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    hist = [json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()]
+    assert len(hist) == 2 and hist[1]['loss'] < hist[0]['loss'] and hist[1]['train_adv_acc'] is not None
