@@ -214,12 +214,12 @@ def _views(stage, cfg, x, y, i, adversaries, model, step_seed, iteration):
     if stage.adversarial: views.append(adversaries(model, x, y, i, step_seed, iteration))
     return views
 
-def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed, iteration, amp, channels_last):
+def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed, iteration, amp):
     "Loss of one batch under `stage`, and its device-side sums for the metrics."
     x, y, i = batch
     views = _views(stage, cfg, x, y, i, adversaries, model, step_seed, iteration)
     xs = torch.cat(views)
-    if channels_last: xs = xs.contiguous(memory_format=torch.channels_last)
+    if cfg.channels_last: xs = xs.contiguous(memory_format=torch.channels_last)
     with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=amp):
         f, z, logits = module(xs)          # frozen parameters (the backbone in the 'head' stage) build no graph
     logits = logits.float()
@@ -313,7 +313,6 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
     rank, world, device = _setup_distributed(resolve_device(cfg.device))
     if cfg.batch_size % world: raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes.")
     amp = device.type == 'cuda' if cfg.amp is None else cfg.amp
-    channels_last = cfg.channels_last
     attack = Attack(**cfg.attack) if cfg.adversarial else None
     if attack is not None and attack.kind == 'sc' and embedder is None and cfg.source in ('online', 'refresh'):
         if not cfg.proxy: raise ValueError("The SupCon attack needs a proxy: set proxy= (a checkpoint, or 'dinov2_small').")
@@ -361,7 +360,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         for k, batch in enumerate(bar):
             iteration = epoch * len(loader) + k
             step_seed = cfg.seed * 1_000_003 + iteration
-            loss, s = train_step(wrapped, stage, cfg, supcon, batch, adversaries, attacked, step_seed, iteration, amp, channels_last)
+            loss, s = train_step(wrapped, stage, cfg, supcon, batch, adversaries, attacked, step_seed, iteration, amp)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             sums = s if sums is None else {key: sums[key] + s[key] for key in s}
             if progress and rank == 0 and k % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')

@@ -74,6 +74,10 @@ RESUME = ['objective=supcon_then_ce', 'source=refresh', 'refresh_every=7', 'n_pe
 def _weights(path):
     return load_checkpoint(path)[0].state_dict()
 
+def _history(out):
+    "The per-epoch metrics a run wrote to out/metrics.jsonl."
+    return [json.loads(l) for l in (out/'metrics.jsonl').read_text().splitlines()]
+
 def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tmp_path):
     full = _run_cli(tmp_path/'full', RESUME); assert full.wait(600) == 0, full.stdout.read()
     p = _run_cli(tmp_path/'killed', RESUME)
@@ -90,11 +94,17 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tmp_path):
     again = _run_cli(tmp_path/'killed', RESUME); assert again.wait(600) == 0, again.stdout.read()
     a, b = _weights(tmp_path/'full'/'model.pt'), _weights(tmp_path/'killed'/'model.pt')
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
-    hist = [json.loads(l) for l in log.read_text().splitlines()]
+    hist = _history(tmp_path/'killed')
     assert [h['epoch'] for h in hist] == [0, 1, 2] and [h['stage'] for h in hist] == ['supcon', 'supcon', 'ce']
 
 def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def _torchrun(out, sets):
+    "advcl-train in two processes on the CPU (gloo), through torchrun."
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                           str(BIN/'advcl-train'), '--out', str(out), '--quiet', '--set', *sets],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 DDP = ['objective=joint', 'source=pool', 'n_per_class=20', 'epochs=2', 'batch_size=40', 'temperature=0.2', 'device=cpu',
        'arch_kwargs={"norm": "group"}', 'attack={"kind": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 2}']
@@ -108,16 +118,14 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
                   Attack(kind='pgd', eps=0.1, alpha=0.05, steps=2), model=target, progress=False)
     sets = DDP + [f'pool={tmp_path/"pool"}']
     one = _run_cli(tmp_path/'one', sets); assert one.wait(600) == 0, one.stdout.read()
-    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-                          str(BIN/'advcl-train'), '--out', str(tmp_path/'two'), '--quiet', '--set', *sets],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    two = _torchrun(tmp_path/'two', sets)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     a, b = _weights(tmp_path/'one'/'model.pt'), _weights(tmp_path/'two'/'model.pt')
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     # Float rounding alone moves these weights by about 3e-4 (one process with 1 vs 2 OpenMP threads, AMD EPYC);
     # a real fault moves them far more: one epoch fewer by 0.04, batches of 20 (no gradient all-reduce) by 0.14.
     assert worst < 2e-3, f"weights differ by up to {worst}"
-    h1, h2 = ([json.loads(l) for l in (tmp_path/d/'metrics.jsonl').read_text().splitlines()] for d in ('one', 'two'))
+    h1, h2 = _history(tmp_path/'one'), _history(tmp_path/'two')
     for r1, r2 in zip(h1, h2):
         assert abs(r1['loss'] - r2['loss']) < 1e-4 * abs(r1['loss']) and r1['train_clean_acc'] == r2['train_clean_acc']
 
@@ -129,7 +137,7 @@ def test_compiled_run_trains_like_eager(tmp_path):
             'attack={"kind": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 3}']
     for name, extra in [('eager', []), ('compiled', ['compile=true'])]:
         p = _run_cli(tmp_path/name, sets + extra); assert p.wait(900) == 0, p.stdout.read()
-    h1, h2 = ([json.loads(l) for l in (tmp_path/d/'metrics.jsonl').read_text().splitlines()] for d in ('eager', 'compiled'))
+    h1, h2 = _history(tmp_path/'eager'), _history(tmp_path/'compiled')
     assert len(h1) == len(h2) == 2 and h1[1]['loss'] < h1[0]['loss']
     for r1, r2 in zip(h1, h2):
         assert abs(r1['loss'] - r2['loss']) < 1e-2 * r1['loss'], (r1, r2)
@@ -138,9 +146,7 @@ def test_compiled_run_trains_like_eager(tmp_path):
 def test_two_processes_attack_on_the_fly(tmp_path):
     "Each process attacks its own shard with the model DDP wraps (the attack freezes and restores its parameters)."
     sets = [s for s in DDP if not s.startswith('source=')] + ['source=online']
-    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-                          str(BIN/'advcl-train'), '--out', str(tmp_path), '--quiet', '--set', *sets],
-                         capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    two = _torchrun(tmp_path, sets)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    hist = [json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()]
+    hist = _history(tmp_path)
     assert len(hist) == 2 and hist[1]['loss'] < hist[0]['loss'] and hist[1]['train_adv_acc'] is not None
