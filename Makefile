@@ -1,6 +1,7 @@
 # advcl: two commands do everything on a fresh machine.
 #   make test     set up (.venv, package, Fashion-MNIST), then run every test (notebooks and pytest)
 #   make report   set up, then run the default (quick) experiment matrix on the CPU and write its report
+#   make lab      set up, then JupyterLab on nbs/ with the package's kernel (the notebooks are the reference)
 # Both are idempotent: the second run skips the set-up.
 
 SHELL := /bin/bash
@@ -20,7 +21,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: test report setup data export readme check clean-venv
+.PHONY: test report lab setup data export readme check clean-venv
 
 setup: $(STAMP)
 
@@ -47,6 +48,9 @@ test: data
 report: data
 	$(BIN)/advcl-experiments run --profile $(PROFILE)
 	$(BIN)/advcl-experiments report --profile $(PROFILE)
+
+lab: data
+	$(BIN)/jupyter lab --notebook-dir nbs
 
 # For developers: notebooks -> advcl/, clean notebooks, README.md from nbs/index.ipynb.
 export: $(STAMP)

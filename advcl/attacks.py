@@ -11,8 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import eval_mode
+
 # %% auto 0
-__all__ = ['NORMS', 'ATTACKS', 'project_linf', 'project_l2', 'projected_gradient', 'eval_mode', 'attack_mode', 'pgd',
+__all__ = ['NORMS', 'SC_NEEDS_RANDOM_START', 'ATTACKS', 'project_linf', 'project_l2', 'projected_gradient', 'attack_mode', 'pgd',
            'embedding_attack', 'fgsm', 'trades_attack', 'Attack']
 
 # %% ../nbs/03_attacks.ipynb 5
@@ -80,16 +82,6 @@ def _check_images(x, y=None):
 
 # %% ../nbs/03_attacks.ipynb 14
 @contextmanager
-def eval_mode(*modules:nn.Module):
-    "Put `modules` in eval mode inside the block, restoring the mode of each one and of each submodule after."
-    modes = [(m, m.training) for root in modules for m in root.modules()]
-    try:
-        for m in modules: m.eval()
-        yield
-    finally:
-        for m, mode in modes: m.training = mode
-
-@contextmanager
 def attack_mode(*modules:nn.Module):
     "`eval_mode`, and no parameter of `modules` requires a gradient inside the block: an attack's view of a model."
     flags = [(p, p.requires_grad) for root in modules for p in root.parameters()]
@@ -117,22 +109,34 @@ def pgd(model:nn.Module, # a classifier on images in [0,1] (normalisation inside
         *, eps:float, # radius of the ball in [0,1] pixel units
         alpha:float, # step size
         steps:int, random_start:bool=True, norm:str='linf', targeted:bool=False,
+        restarts:int=1, # runs from new random starts; an image counts as broken if any run breaks it
         seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
     "Projected gradient descent (Madry et al. 2018) on the cross-entropy: adversarial images within `eps` of `x`."
     _check_settings(eps, alpha, steps, norm); _check_images(x, y)
     g, sign = _generator(x, seed), -1. if targeted else 1.
+    def run(c):
+        return projected_gradient(lambda xa, yc=y[c]: sign * F.cross_entropy(model(xa), yc), x[c], eps, alpha, steps,
+                                  random_start, norm, g, _amp(x, amp))
     with attack_mode(model):
-        return torch.cat([projected_gradient(lambda xa, yc=y[c]: sign * F.cross_entropy(model(xa), yc),
-                                             x[c], eps, alpha, steps, random_start, norm, g, _amp(x, amp))
-                          for c in _chunks(len(x), chunk_size)])
+        x_adv = torch.cat([run(c) for c in _chunks(len(x), chunk_size)])
+        for _ in range(restarts - 1):       # AutoAttack's rule: an image keeps the first adversary that breaks it
+            x_new = torch.cat([run(c) for c in _chunks(len(x), chunk_size)])
+            with torch.no_grad():
+                done = torch.cat([(model(x_adv[c]).argmax(1) == y[c]) == targeted for c in _chunks(len(x), chunk_size)])
+            x_adv = torch.where(done.view(-1, *[1] * (x.ndim - 1)), x_adv, x_new)
+    return x_adv
 
 # %% ../nbs/03_attacks.ipynb 18
+SC_NEEDS_RANDOM_START = ("The SupCon attack needs a random start: at x_adv = x its loss, the embedding distance, is at its "
+                         "minimum and its gradient exactly 0, so without one it returns the clean images unchanged.")
+
 def embedding_attack(embedder:nn.Module, # the proxy: images in [0,1] -> embeddings (e.g. `Embedder`)
                      x:torch.Tensor, # clean images in [0,1], NCHW
                      *, eps:float, alpha:float, steps:int, random_start:bool=True, norm:str='linf',
                      seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
     "The paper's SupCon (SC) attack: PGD that maximises the mean squared distance between `embedder(x_adv)` and `embedder(x)`."
     _check_settings(eps, alpha, steps, norm); _check_images(x)
+    if not random_start: raise ValueError(SC_NEEDS_RANDOM_START)
     g, use_amp = _generator(x, seed), _amp(x, amp)
     out = []
     with attack_mode(embedder):
@@ -148,7 +152,7 @@ def fgsm(model:nn.Module, x:torch.Tensor, y:torch.Tensor, *, eps:float,
          random_start:bool=False, # the "fast is better than free" variant (Wong et al. 2020)
          alpha:float|None=None, # step size; default eps, or 1.25 * eps with a random start (Wong et al.)
          norm:str='linf', targeted:bool=False, seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
-    "The fast gradient sign method (Goodfellow et al. 2015): one PGD step, optionally from a random start."
+    "The fast gradient sign method (Goodfellow et al. 2015): one signed gradient step, optionally from a random start."
     alpha = alpha or (1.25 * eps if random_start else eps) or 1.0
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=1, random_start=random_start, norm=norm,
                targeted=targeted, seed=seed, amp=amp, chunk_size=chunk_size)
@@ -175,17 +179,26 @@ ATTACKS = ('pgd', 'sc', 'fgsm', 'trades')
 
 @dataclass(frozen=True)
 class Attack:
-    "An attack and its settings: `kind` in `ATTACKS`, radius, step, steps, random start, norm."
+    "An attack and its settings: `kind` in `ATTACKS`, radius, step size, steps, random start, norm, restarts (PGD)."
     kind:str='pgd'
     eps:float=0.1
-    alpha:float=0.025
-    steps:int=10
+    alpha:float|None=None       # step size; None: 2.5 * eps / steps (Madry et al.), or 1.25 * eps for FGSM (Wong et al.)
+    steps:int|None=None         # None: 10, or 1 for FGSM
     random_start:bool=True
     norm:str='linf'
+    restarts:int=1              # PGD: runs from new random starts, an image broken if any run breaks it
 
     def __post_init__(self):
-        if self.kind not in ATTACKS: raise ValueError(f"Unknown attack {self.kind!r}: use one of {ATTACKS}.")
+        if self.kind not in ATTACKS: raise ValueError(f"Unknown attack {self.kind!r}: use one of {', '.join(ATTACKS)}.")
+        steps = self.steps or (1 if self.kind == 'fgsm' else 10)
+        if self.kind == 'fgsm' and steps != 1: raise ValueError(f"FGSM takes one step, not steps={steps}; use kind='pgd' for more.")
+        object.__setattr__(self, 'steps', steps)
+        default_alpha = 1.25 * self.eps if self.kind == 'fgsm' else 2.5 * self.eps / steps
+        if self.alpha is None: object.__setattr__(self, 'alpha', default_alpha or 1.0)
         _check_settings(self.eps, self.alpha, self.steps, self.norm)
+        if self.kind == 'sc' and not self.random_start: raise ValueError(SC_NEEDS_RANDOM_START)
+        if int(self.restarts) != self.restarts or self.restarts < 1: raise ValueError(f"restarts={self.restarts} must be a whole number >= 1.")
+        if self.restarts > 1 and self.kind != 'pgd': raise ValueError(f"restarts={self.restarts}: only PGD restarts.")
 
     def __call__(self, model, x, y=None, *, embedder=None, seed=None, amp=None, chunk_size=None):
         "Adversarial versions of `x`: against `model` (PGD, FGSM, TRADES) or the proxy `embedder` (SC)."
@@ -196,9 +209,10 @@ class Attack:
         if self.kind == 'trades': return trades_attack(model, x, alpha=self.alpha, steps=self.steps, **kw)
         if y is None: raise ValueError(f"The {self.kind!r} attack needs the labels y.")
         if self.kind == 'fgsm': return fgsm(model, x, y, alpha=self.alpha, **kw)
-        return pgd(model, x, y, alpha=self.alpha, steps=self.steps, **kw)
+        return pgd(model, x, y, alpha=self.alpha, steps=self.steps, restarts=self.restarts, **kw)
 
     def to_dict(self): return asdict(self)
     def __str__(self):
-        s = f"{self.kind.upper()}-{self.steps} {self.norm} eps={self.eps:g} alpha={self.alpha:g}"
-        return s + ('' if self.random_start else ' no random start')
+        name = ('FGSM' + ('-RS' if self.random_start else '') if self.kind == 'fgsm' else f"{self.kind.upper()}-{self.steps}")
+        s = f"{name}{f' x{self.restarts} restarts' if self.restarts > 1 else ''} {self.norm} eps={self.eps:g} alpha={self.alpha:g}"
+        return s + ('' if self.random_start or self.kind == 'fgsm' else ' no random start')

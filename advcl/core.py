@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb 2
 from __future__ import annotations
-import hashlib, json, os, platform, random, subprocess
+import argparse, dataclasses, hashlib, json, os, platform, random, subprocess, types, typing
 from pathlib import Path
 
 import torch
 
 # %% auto 0
-__all__ = ['atomic_save', 'write_json', 'read_json', 'file_sha256', 'seed_everything', 'resolve_device', 'git_commit',
-           'device_name', 'environment']
+__all__ = ['atomic_save', 'write_json', 'read_json', 'file_sha256', 'seed_everything', 'resolve_device', 'sub_seed', 'git_commit',
+           'device_name', 'environment', 'SettingsError', 'from_dict', 'to_dict', 'command_parser', 'run_command',
+           'parse_overrides']
 
 # %% ../nbs/00_core.ipynb 5
 def _atomic(path, write):
@@ -63,6 +64,12 @@ def resolve_device(device:str|torch.device='auto'): # 'auto', 'cpu', 'cuda', 'cu
     return device
 
 # %% ../nbs/00_core.ipynb 16
+def sub_seed(seed:int, # the run's seed
+             k:int): # which part of the run: an epoch, an iteration, a shard, a batch (0 <= k < 1,000,003)
+    "The seed of part `k` of a run seeded with `seed`: distinct for every (seed, k)."
+    return seed * 1_000_003 + k
+
+# %% ../nbs/00_core.ipynb 19
 def git_commit(path='.'):
     "The git commit of the repository holding `path` (`+dirty` if its code has uncommitted changes), or None."
     def _git(*args):
@@ -94,3 +101,78 @@ def environment(device='cpu', # the device the run used
                 torch=str(torch.__version__), cuda=str(torch.version.cuda) if device.type == 'cuda' else None,
                 cpu_threads=torch.get_num_threads(), python=platform.python_version(),
                 git_commit=git_commit(repo or _code_dir()))
+
+# %% ../nbs/00_core.ipynb 22
+class SettingsError(ValueError):
+    "A setting with an unknown name, or a value of the wrong type."
+
+_NAMES = {bool: 'true or false', int: 'a whole number', float: 'a number', str: 'a string', type(None): 'null',
+          dict: 'a JSON object', list: 'a list'}
+
+def _type_name(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType): return ' or '.join(map(_type_name, typing.get_args(tp)))
+    if dataclasses.is_dataclass(tp): return f'a JSON object of {tp.__name__} settings'
+    return _NAMES.get(typing.get_origin(tp) or tp, getattr(tp, '__name__', str(tp)))
+
+def _conforms(value, tp):
+    "Does the JSON-like `value` fit the type `tp`?"
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if tp is typing.Any: return True
+    if origin in (typing.Union, types.UnionType): return any(_conforms(value, t) for t in args)
+    if tp is float: return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int: return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list: return isinstance(value, (list, tuple)) and all(_conforms(v, args[0]) for v in value if args)
+    if origin is dict: return isinstance(value, dict) and all(_conforms(v, args[1]) for v in value.values() if args)
+    if dataclasses.is_dataclass(tp): return isinstance(value, (tp, dict))
+    return isinstance(value, tp)
+
+def _build(value, tp, what):
+    "`value` with every dict that stands for a dataclass made into that dataclass."
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType): return _build(value, next(t for t in args if _conforms(value, t)), what)
+    if dataclasses.is_dataclass(tp): return from_dict(tp, value, what) if isinstance(value, dict) else value
+    if origin is dict and args: return {k: _build(v, args[1], f'{what}.{k}') for k, v in value.items()}
+    if origin is list and args: return [_build(v, args[0], what) for v in value]
+    return float(value) if tp is float else value
+
+# %% ../nbs/00_core.ipynb 23
+def from_dict(cls, # a dataclass of settings
+              d:dict, # JSON-like values by field name
+              what:str|None=None): # how to name these settings in an error (default: the class's name)
+    "An instance of `cls` from `d`: an unknown key or a value of the wrong type raises `SettingsError`."
+    what, hints = what or cls.__name__, typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    if unknown := sorted(set(d) - set(known)):
+        raise SettingsError(f"{what}: unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}; the settings are: {', '.join(known)}.")
+    for k, v in d.items():
+        if not _conforms(v, hints[k]): raise SettingsError(f"{what}: {k}={json.dumps(v, default=str)} should be {_type_name(hints[k])}.")
+    return cls(**{k: _build(v, hints[k], f'{what}.{k}') for k, v in d.items()})
+
+def to_dict(obj):
+    "A settings dataclass as a JSON-like dict (nested settings too): the inverse of `from_dict`."
+    return dataclasses.asdict(obj)
+
+# %% ../nbs/00_core.ipynb 26
+def command_parser(prog:str, description:str):
+    "An `ArgumentParser` for an advcl command: every option's help ends with its default."
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+def run_command(parser:argparse.ArgumentParser, main, # main(args), the command's work
+                argv=None):
+    "Parse `argv` and call `main(args)`; a user's error prints one line `prog: error: ...` and exits 2."
+    parser.add_argument('--debug', action='store_true', help="on an error, show its traceback")
+    args = parser.parse_args(argv)
+    try: return main(args)
+    except (ValueError, OSError) as e:
+        if args.debug: raise
+        parser.exit(2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+
+def parse_overrides(pairs):
+    "['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}: values as JSON where they parse, else strings."
+    out = {}
+    for p in pairs or []:
+        if '=' not in p: raise SettingsError(f"--set takes key=value pairs; got {p!r}.")
+        k, v = p.split('=', 1)
+        try: out[k] = json.loads(v)
+        except json.JSONDecodeError: out[k] = v
+    return out

@@ -10,11 +10,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .core import sub_seed
+
 # %% auto 0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'DATASETS', 'FASHION_MNIST_CLASSES', 'FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST',
            'dataset_info', 'CorruptDataError', 'read_idx', 'write_idx', 'DataNotFoundError', 'find_fashion_mnist',
            'load_fashion_mnist', 'stratified_subset', 'to_float_images', 'TensorLoader', 'random_crop_flip',
-           'imagenet_transform', 'imagenet_folder', 'make_tiny_imagefolder', 'FolderLoader', 'load_data', 'make_loader']
+           'imagenet_transform', 'imagenet_folder', 'make_tiny_imagefolder', 'FolderLoader', 'take', 'load_data',
+           'make_loader']
 
 # %% ../nbs/01_data.ipynb 5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -147,7 +150,7 @@ def to_float_images(x:torch.Tensor):
 
 def _epoch_order(n:int, shuffle:bool, seed:int, epoch:int):
     if not shuffle: return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(sub_seed(seed, epoch)))
 
 def _shard(order:torch.Tensor, rank:int, world_size:int):
     "This rank's share of `order`, padded by wrapping around so every rank gets as many (as DistributedSampler)."
@@ -262,6 +265,15 @@ class FolderLoader:
             yield batch + (i.to(self.device),) if self.with_index else batch
 
 # %% ../nbs/01_data.ipynb 46
+def take(data, # `(images, labels)` tensors or a `Dataset` (with `targets`, as an `ImageFolder` has)
+         n_per_class:int|None, # how many of each class (None: everything)
+         seed:int=0):
+    "A stratified subset of `data` and the positions of its images in `data`: `(subset, index)`."
+    labels = data[1] if isinstance(data, tuple) else torch.tensor(data.targets)
+    index = stratified_subset(labels, n_per_class, seed) if n_per_class else torch.arange(len(labels))
+    if isinstance(data, tuple): return (data[0][index], data[1][index]), index
+    return (Subset(data, index.tolist()) if n_per_class else data), index
+
 def load_data(name:str, # 'fashion_mnist' or 'imagenet'
               split:str='train', # 'train' or 'test' ('test' is ImageNet's `val/`)
               root=None, # the data folder; for ImageNet it must be given
@@ -269,14 +281,10 @@ def load_data(name:str, # 'fashion_mnist' or 'imagenet'
               seed:int=0, size:int|None=None):
     "Data set `name`, `split`: a tuple `(images, labels)` of tensors, or a map-style `Dataset` for folders."
     info = dataset_info(name)
-    if name == 'fashion_mnist':
-        x, y = load_fashion_mnist(split, root)
-        if n_per_class: x, y = x[i := stratified_subset(y, n_per_class, seed)], y[i]
-        return x, y
-    if root is None: raise DataNotFoundError("ImageNet needs root=: the folder holding train/ and val/.")
-    ds = imagenet_folder(root, 'val' if split == 'test' else split, size or info['size'])
-    if n_per_class: ds = Subset(ds, stratified_subset(torch.tensor(ds.targets), n_per_class, seed).tolist())
-    return ds
+    if name == 'fashion_mnist': data = load_fashion_mnist(split, root)
+    elif root is None: raise DataNotFoundError("ImageNet needs root=: the folder holding train/ and val/.")
+    else: data = imagenet_folder(root, 'val' if split == 'test' else split, size or info['size'])
+    return take(data, n_per_class, seed)[0]
 
 def make_loader(data, # what `load_data` returned: `(images, labels)` or a `Dataset`
                 batch_size:int=256, **kwargs): # passed on to `TensorLoader` or `FolderLoader`

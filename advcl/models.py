@@ -4,7 +4,8 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import json
+import hashlib, json
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -13,12 +14,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import atomic_save
-from .data import dataset_info, IMAGENET_MEAN, IMAGENET_STD
+from .data import dataset_info, make_loader, IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto 0
 __all__ = ['SMALL_ARCHS', 'CHECKPOINT_FORMAT', 'Normalize', 'Classifier', 'small_cnn', 'BasicBlock', 'resnet_small',
-           'create_classifier', 'Embedder', 'dinov2_small', 'CheckpointError', 'save_checkpoint', 'read_checkpoint',
-           'classifier_from_config', 'load_checkpoint']
+           'create_classifier', 'eval_mode', 'score_batch', 'correct', 'accuracy', 'Embedder', 'dinov2_small',
+           'CheckpointError', 'save_checkpoint', 'read_checkpoint', 'classifier_from_config', 'load_checkpoint',
+           'load_proxy', 'weights_digest']
 
 # %% ../nbs/02_models.ipynb 5
 class Normalize(nn.Module):
@@ -126,7 +128,33 @@ def create_classifier(arch:str='small_cnn', # a name in `SMALL_ARCHS`, or a timm
     clf = Classifier(backbone, head, mean, std, config)
     return clf.to(memory_format=torch.channels_last) if channels_last else clf
 
-# %% ../nbs/02_models.ipynb 20
+# %% ../nbs/02_models.ipynb 13
+@contextmanager
+def eval_mode(*modules:nn.Module):
+    "Put `modules` in eval mode inside the block, restoring the mode of each one and of each submodule after."
+    modes = [(m, m.training) for root in modules for m in root.modules()]
+    try:
+        for m in modules: m.eval()
+        yield
+    finally:
+        for m, mode in modes: m.training = mode
+
+def score_batch(model, x:torch.Tensor, y:torch.Tensor):
+    "For each image of the batch `x` (in [0,1]): is it classified as `y`, its cross-entropy, and its logits. In eval mode, no gradients."
+    with eval_mode(model), torch.no_grad(): logits = model(x).float()
+    return logits.argmax(1) == y, F.cross_entropy(logits, y, reduction='none'), logits
+
+def correct(model, data, # (images, labels) tensors, images uint8 or in [0,1]; or a `Dataset`
+            batch_size:int=1000, device=None):
+    "For every image of `data`, in order, whether `model` classifies it correctly: a bool tensor on the CPU."
+    device = device or next(model.parameters()).device
+    return torch.cat([score_batch(model, x, y)[0].cpu() for x, y in make_loader(data, batch_size, device=device)])
+
+def accuracy(model, data, batch_size:int=1000, device=None):
+    "The fraction of `data` that `model` classifies correctly."
+    return correct(model, data, batch_size, device).float().mean().item()
+
+# %% ../nbs/02_models.ipynb 23
 class Embedder(nn.Module):
     "A proxy model: images in [0,1] → embedding vectors (a `Classifier`'s features, or a timm model such as DINOv2)."
     def __init__(self, net:nn.Module, # a `Classifier` (its `features` are used) or a model returning embeddings
@@ -145,7 +173,7 @@ class Embedder(nn.Module):
         if self.normalize is not None: x = self.normalize(x)
         return self.net.features(x) if isinstance(self.net, Classifier) else self.net(x)
 
-# %% ../nbs/02_models.ipynb 21
+# %% ../nbs/02_models.ipynb 24
 def dinov2_small(pretrained:bool=True, # the published weights (needs the hub, or timm's cache)
                  size:int=224): # input side, a multiple of 14; smaller images are upsampled
     "The paper's proxy: DINOv2-small through timm, taking images in [0,1] of any size and 1 or 3 channels."
@@ -157,13 +185,13 @@ def dinov2_small(pretrained:bool=True, # the published weights (needs the hub, o
                            "trained Classifier as the proxy (Embedder(classifier)), or dinov2_small(pretrained=False).") from e
     return Embedder(vit, IMAGENET_MEAN, IMAGENET_STD, in_chans=3, size=size)
 
-# %% ../nbs/02_models.ipynb 24
+# %% ../nbs/02_models.ipynb 27
 CHECKPOINT_FORMAT = 'advcl.checkpoint/1'
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     "A checkpoint file is unreadable or does not fit the model it is loaded into."
 
-# %% ../nbs/02_models.ipynb 25
+# %% ../nbs/02_models.ipynb 28
 def save_checkpoint(path, model:Classifier, record:dict|None=None, # what training did (JSON-like): config, metrics, seed, ...
                     state:dict|None=None): # what a resumed run needs: optimiser, epoch, RNG states
     "Save `model`'s weights and config, with `record` and `state`, atomically to `path`."
@@ -190,7 +218,7 @@ def read_checkpoint(path, map_location='cpu'):
 def _describe(cfg): return f"{cfg['arch']} ({cfg['num_classes']} classes, {cfg['in_chans']} channels, {cfg.get('kwargs') or 'defaults'})"
 def _signature(cfg): return cfg['arch'], cfg['num_classes'], cfg['in_chans'], cfg.get('kwargs') or {}
 
-# %% ../nbs/02_models.ipynb 26
+# %% ../nbs/02_models.ipynb 29
 def classifier_from_config(config:dict):
     "An untrained `Classifier` built from a checkpoint's `config`."
     return create_classifier(config['arch'], config['dataset'], num_classes=config['num_classes'], **(config.get('kwargs') or {}))
@@ -206,3 +234,19 @@ def load_checkpoint(path, model:Classifier|None=None, # load into this model (it
                               "or let load_checkpoint(path) build the model it holds.")
     model.load_state_dict(ck['model'])
     return model, ck
+
+def load_proxy(proxy:str, # 'dinov2_small', or the path of a classifier checkpoint
+               device='cpu'):
+    "The SupCon attack's proxy in eval mode: DINOv2-small, or a trained classifier whose features are the embedding."
+    if proxy == 'dinov2_small': return dinov2_small().to(device).eval()
+    return Embedder(load_checkpoint(proxy, map_location=device)[0]).to(device).eval()
+
+# %% ../nbs/02_models.ipynb 34
+def weights_digest(model_or_state):
+    "SHA-256 of a model's weights (or of a state dict): equal for equal weights, whatever file holds them."
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

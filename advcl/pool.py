@@ -4,15 +4,16 @@
 
 # %% ../nbs/05_pool.ipynb 2
 from __future__ import annotations
-import hashlib, math
+import hashlib, math, shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .attacks import Attack
-from .core import atomic_save, write_json, read_json, file_sha256
+from .core import atomic_save, command_parser, read_json, run_command, sub_seed, write_json
 from .data import to_float_images
+from .models import read_checkpoint, weights_digest
 
 # %% auto 0
 __all__ = ['POOL_FORMAT', 'PoolMismatchError', 'clean_digest', 'model_source', 'quantize_adversaries', 'generate_pool',
@@ -30,10 +31,12 @@ def clean_digest(x:torch.Tensor, y:torch.Tensor):
     for t in (x, y): h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
-def model_source(checkpoint=None, name:str|None=None):
-    "How a pool records the model it attacked: a checkpoint file with its hash, or a name (e.g. 'dinov2_small')."
-    if checkpoint is None: return dict(name=name)
-    return dict(name=name, checkpoint=str(checkpoint), sha256=file_sha256(checkpoint))
+def model_source(model=None, # a checkpoint file, or the model itself
+                 name:str|None=None): # what to call it (e.g. 'baseline', or 'dinov2_small' for a named model)
+    "How a pool records the model it attacked: its name and the digest of its weights (not of a file's bytes)."
+    if model is None: return dict(name=name)
+    state = model if isinstance(model, torch.nn.Module) else read_checkpoint(model)['model']
+    return dict(name=name, weights=weights_digest(state))
 
 # %% ../nbs/05_pool.ipynb 6
 def _differences(old:dict, new:dict, prefix=''):
@@ -78,7 +81,8 @@ def generate_pool(folder, # where the pool goes (created; resumed if it holds a 
                   source:dict|None=None, # what was attacked, from `model_source` (recorded and checked)
                   shard_size:int=1024, seed:int=0, device=None,
                   dtype:str='float32', # 'float32', or 'uint8' (L-inf, uint8 images) for large pools
-                  amp:bool|None=None, chunk_size:int|None=None, progress:bool=True):
+                  amp:bool|None=None, chunk_size:int|None=None, progress:bool=True,
+                  remake_stale:bool=False): # `folder` is a cache: a pool there with other settings is deleted and made anew
     "Pre-generate adversaries of every image in `(x, y)` into `folder`, shard by shard; resumes where it stopped."
     if len(x) != len(y): raise ValueError(f"{len(x)} images but {len(y)} labels.")
     if dtype not in ('float32', 'uint8'): raise ValueError(f"dtype={dtype!r}: use 'float32' or 'uint8'.")
@@ -87,14 +91,16 @@ def generate_pool(folder, # where the pool goes (created; resumed if it holds a 
     folder, n_shards = Path(folder), math.ceil(len(x) / shard_size)
     meta = dict(format=POOL_FORMAT, attack=attack.to_dict(), source=source or {}, n=len(x), shard_size=shard_size,
                 n_shards=n_shards, seed=seed, dtype=dtype, clean=clean_digest(x, y))
-    if (folder/'meta.json').exists(): _check_same(folder, read_json(folder/'meta.json'), meta)
-    else: write_json(meta, folder/'meta.json')
+    if (folder/'meta.json').exists():
+        if remake_stale and _differences(read_json(folder/'meta.json'), meta): shutil.rmtree(folder)
+        else: _check_same(folder, read_json(folder/'meta.json'), meta)
+    if not (folder/'meta.json').exists(): write_json(meta, folder/'meta.json')
     device = torch.device(device or 'cpu')
     todo = [k for k in range(n_shards)
             if not _shard_ok(_shard_path(folder, k), min(shard_size, len(x) - k * shard_size))]
     for k in tqdm(todo, desc=f'pool {folder.name}', unit='shard', disable=not progress):
         rows = slice(k * shard_size, (k + 1) * shard_size)
-        x_adv = _attack_shard(attack, x[rows], y[rows], model, embedder, seed * 1_000_003 + k, device, amp, chunk_size)
+        x_adv = _attack_shard(attack, x[rows], y[rows], model, embedder, sub_seed(seed, k), device, amp, chunk_size)
         if dtype == 'uint8': x_adv = quantize_adversaries(x_adv, x[rows], attack.eps)
         atomic_save(dict(x_adv=x_adv, labels=y[rows].clone(), rows=torch.arange(len(x))[rows]), _shard_path(folder, k))
     return AdversarialPool(folder)
@@ -157,7 +163,7 @@ class RefreshingPool:
     def refresh(self, iteration:int, model=None, embedder=None, amp=None):
         "Regenerate every adversary from the current `model` (or `embedder` for the SupCon attack)."
         self.x_adv = self.attack(model, to_float_images(self.x[self.rows]), self.y[self.rows], embedder=embedder, amp=amp, chunk_size=self.chunk_size,
-                                 seed=self.seed * 1_000_003 + iteration)
+                                 seed=sub_seed(self.seed, iteration))
         self.refreshed_at, self.generation = iteration, self.generation + 1
 
     def step(self, iteration:int, model=None, embedder=None, amp=None):
@@ -177,31 +183,40 @@ class RefreshingPool:
         self.x_adv, self.refreshed_at, self.generation = s['x_adv'], s['refreshed_at'], s['generation']
 
 # %% ../nbs/05_pool.ipynb 27
-def pool_command(argv=None):
-    "Command line: pre-generate an adversarial pool from a checkpoint (see `advcl-pool --help`)."
-    import argparse
+def _pool_options(p):
+    p.add_argument('checkpoint', help="the model attacked: the classifier (pgd, fgsm) or the proxy (sc)")
+    p.add_argument('folder', help="where the pool goes (a pool there with the same settings is finished, not redone)")
+    p.add_argument('--attack', default='pgd', choices=['pgd', 'sc', 'fgsm'], help="the attack")
+    p.add_argument('--eps', type=float, default=0.1, help="the radius of the ball, in [0,1] pixel units")
+    p.add_argument('--alpha', type=float, default=None, help="the step size (default: 2.5 eps / steps; FGSM 1.25 eps)")
+    p.add_argument('--steps', type=int, default=None, help="the number of steps (default: 10; FGSM 1)")
+    p.add_argument('--norm', default='linf', choices=['linf', 'l2'], help="the norm of the ball")
+    p.add_argument('--no-random-start', action='store_true', help="start at the clean image (not for the SupCon attack)")
+    p.add_argument('--dataset', default='fashion_mnist', help="the clean set's data set")
+    p.add_argument('--root', default=None, help="its folder (default: where advcl looks)")
+    p.add_argument('--split', default='train', choices=['train', 'test'], help="its split")
+    p.add_argument('--n-per-class', type=int, default=None, help="a stratified subset of this many images per class (default: all)")
+    p.add_argument('--data-seed', type=int, default=0, help="the seed of that subset")
+    p.add_argument('--seed', type=int, default=0, help="the seed of the random starts")
+    p.add_argument('--shard-size', type=int, default=1024, help="adversaries per shard file")
+    p.add_argument('--dtype', default='float32', choices=['float32', 'uint8'], help="how adversaries are stored")
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ...")
+
+def _make_pool(a):
     from advcl.core import resolve_device
     from advcl.data import load_data
     from advcl.models import load_checkpoint, Embedder
-    p = argparse.ArgumentParser(prog='advcl-pool', description="Pre-generate adversaries of a clean set into a pool folder (resumes).")
-    p.add_argument('checkpoint', help="the model attacked: the classifier (pgd, fgsm) or the proxy (sc)")
-    p.add_argument('folder', help="where the pool goes")
-    p.add_argument('--attack', default='pgd', choices=['pgd', 'sc', 'fgsm'])
-    p.add_argument('--eps', type=float, default=0.1); p.add_argument('--alpha', type=float, default=0.025)
-    p.add_argument('--steps', type=int, default=10); p.add_argument('--norm', default='linf', choices=['linf', 'l2'])
-    p.add_argument('--no-random-start', action='store_true')
-    p.add_argument('--dataset', default='fashion_mnist'); p.add_argument('--root', default=None)
-    p.add_argument('--split', default='train'); p.add_argument('--n-per-class', type=int, default=None)
-    p.add_argument('--data-seed', type=int, default=0); p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--shard-size', type=int, default=1024); p.add_argument('--dtype', default='float32', choices=['float32', 'uint8'])
-    p.add_argument('--device', default='auto')
-    a = p.parse_args(argv)
-    attack = Attack(a.attack, a.eps, a.alpha, a.steps, not a.no_random_start, a.norm)
+    attack = Attack(a.attack, a.eps, a.alpha, a.steps, not a.no_random_start, a.norm)   # checked before any work
     device = resolve_device(a.device)
     model = load_checkpoint(a.checkpoint, map_location=device)[0].to(device).eval()
     data = load_data(a.dataset, a.split, a.root, a.n_per_class, a.data_seed)
-    if not isinstance(data, tuple): raise SystemExit("advcl-pool stores pools of in-memory data sets; for ImageNet use generate_pool from Python on a subset.")
-    x, y = data
-    pool = generate_pool(a.folder, x, y, attack, model=model, embedder=Embedder(model) if a.attack == 'sc' else None,
-                         source=model_source(a.checkpoint), shard_size=a.shard_size, seed=a.seed, device=device, dtype=a.dtype)
+    if not isinstance(data, tuple): raise ValueError("advcl-pool stores pools of in-memory data sets; for ImageNet use generate_pool from Python on a subset.")
+    pool = generate_pool(a.folder, *data, attack, model=model, embedder=Embedder(model) if a.attack == 'sc' else None,
+                         source=model_source(model, 'checkpoint'), shard_size=a.shard_size, seed=a.seed, device=device, dtype=a.dtype)
     print(pool)
+
+def pool_command(argv=None):
+    "Command line: pre-generate an adversarial pool from a checkpoint (see `advcl-pool --help`)."
+    p = command_parser('advcl-pool', "Pre-generate adversaries of a clean set into a pool folder (resumes where it stopped).")
+    _pool_options(p)
+    return run_command(p, _make_pool, argv)

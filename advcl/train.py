@@ -14,28 +14,29 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .core import atomic_save, environment, resolve_device, seed_everything, write_json
-from .data import load_data, make_loader, random_crop_flip, TensorLoader
-from .models import Classifier, Embedder, create_classifier, dinov2_small, load_checkpoint, save_checkpoint
+from .core import (atomic_save, command_parser, environment, from_dict, parse_overrides, resolve_device, run_command,
+                        seed_everything, sub_seed, to_dict)
+from .data import load_data, make_loader, random_crop_flip
+from .models import Classifier, accuracy, create_classifier, load_checkpoint, load_proxy, save_checkpoint
 from .attacks import Attack
-from .losses import SupConLoss, split_views
-from .pool import AdversarialPool, RefreshingPool
+from .losses import LOSSES, get_loss, split_views
+from .sources import SOURCES, make_source
 
 # %% auto 0
-__all__ = ['OBJECTIVES', 'SOURCES', 'COMPILE_MODES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 'TrainModule', 'set_trainable',
-           'dist_info', 'train_step', 'load_proxy', 'train', 'parse_overrides', 'train_command']
+__all__ = ['TWO_STAGE', 'OBJECTIVES', 'COMPILE_MODES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 'TrainModule', 'set_trainable',
+           'dist_info', 'train_step', 'train', 'train_command']
 
 # %% ../nbs/06_train.ipynb 5
-OBJECTIVES = ('ce', 'supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint', 'trades')
-SOURCES = ('none', 'online', 'pool', 'refresh')
+TWO_STAGE = ('supcon_then_ce', 'supcon_retrained_head')
+OBJECTIVES = (*LOSSES, *TWO_STAGE)
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (see the tables above)."
-    objective:str = 'ce'
-    source:str = 'online'
-    attack:dict = field(default_factory=lambda: dict(kind='pgd', eps=0.1, alpha=0.025, steps=5))
+    objective:str = 'ce'          # a loss of `LOSSES`, or one of `TWO_STAGE`
+    source:str = 'online'         # 'none', or a source of `SOURCES`
+    attack:Attack = field(default_factory=lambda: Attack('pgd', eps=0.1, alpha=0.025, steps=5))
     proxy:str|None = None         # the SupCon attack's proxy: a classifier checkpoint, or 'dinov2_small'
     mix_clean:bool = True         # CE: clean and adversarial batches; pools: clean view + adversarial view (else adversaries alone)
     pool:str|None = None          # source='pool': the folder of a pool made by generate_pool / advcl-pool
@@ -59,6 +60,7 @@ class TrainConfig:
     temperature:float = 0.07      # SupCon (Khosla et al.'s default)
     lam:float = 1.0               # joint: weight of the SupCon term
     beta:float = 6.0              # trades: weight of the KL term (Zhang et al.'s value)
+    margin:float|None = None      # masked_distance: None, the paper's loss as written; m, Hadsell et al.'s hinge on negatives
     projection:int|None = None    # None: SupCon on the penultimate features (the paper); d: Khosla's 2-layer MLP to d dims
     augment:bool = False          # add a random crop-and-flip view of the clean batch
     seed:int = 0
@@ -68,9 +70,10 @@ class TrainConfig:
     compile:bool|str = False      # torch.compile the training step and the attacked model; or a mode, e.g. 'reduce-overhead' (CUDA graphs)
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES: raise ValueError(f"Unknown objective {self.objective!r}: use one of {OBJECTIVES}.")
-        if self.source not in SOURCES: raise ValueError(f"Unknown source {self.source!r}: use one of {SOURCES}.")
-        self.attack = Attack(**self.attack).to_dict() if isinstance(self.attack, dict) else self.attack.to_dict()
+        if self.objective not in OBJECTIVES: raise ValueError(f"Unknown objective {self.objective!r}: use one of {', '.join(OBJECTIVES)}.")
+        if self.source != 'none' and self.source not in SOURCES:
+            raise ValueError(f"Unknown source {self.source!r}: use 'none' or one of {', '.join(SOURCES)}.")
+        if isinstance(self.attack, dict): self.attack = from_dict(Attack, self.attack, 'attack')
         if self.source == 'pool' and not self.pool: raise ValueError("source='pool' needs pool=, the folder of a pool made by advcl-pool.")
         if self.epochs < 0 or self.finetune_epochs < 0: raise ValueError("epochs and finetune_epochs can't be negative.")
         if self.batch_size < 2: raise ValueError(f"batch_size={self.batch_size}: SupCon needs at least 2 images in a batch.")
@@ -78,41 +81,42 @@ class TrainConfig:
             raise ValueError(f"compile={self.compile!r}: use True, False or a torch.compile mode in {COMPILE_MODES}.")
         if self.refresh_every < 1: raise ValueError(f"refresh_every={self.refresh_every} must be at least 1.")
         if self.projection is not None and self.projection < 1: raise ValueError("projection must be None or a positive dimension.")
-        if self.objective == 'trades' and (self.source != 'online' or self.attack['kind'] != 'trades'):
+        if self.objective == 'trades' and (self.source != 'online' or self.attack.kind != 'trades'):
             raise ValueError(f"objective='trades' needs source='online' and attack kind 'trades' (got source={self.source!r}, "
-                             f"attack kind {self.attack['kind']!r}): TRADES attacks the model being trained, on its KL divergence.")
+                             f"attack kind {self.attack.kind!r}): TRADES attacks the model being trained, on its KL divergence.")
         if self.source == 'none' and self.objective != 'ce' and not self.augment:
             raise ValueError(f"objective={self.objective!r} with source='none' has only one view: use augment=True, or a source of adversaries.")
 
     @property
     def adversarial(self): return self.source != 'none'
-    def to_dict(self): return asdict(self)
+    def loss_settings(self):
+        "The settings the losses take (each loss uses those it needs)."
+        return dict(temperature=self.temperature, lam=self.lam, beta=self.beta, margin=self.margin)
+    def to_dict(self): return to_dict(self)
     @classmethod
     def from_dict(cls, d:dict):
-        known = {f.name for f in fields(cls)}
-        if unknown := set(d) - known: raise ValueError(f"Unknown TrainConfig fields {sorted(unknown)}; known: {sorted(known)}.")
-        return cls(**d)
+        "A `TrainConfig` from JSON-like settings, every name and type checked (`advcl.core.from_dict`)."
+        return from_dict(cls, d)
 
 # %% ../nbs/06_train.ipynb 8
 @dataclass(frozen=True)
 class Stage:
-    "One stage of a plan: `loss` in ('ce', 'supcon', 'joint', 'trades', 'head'), trained `params` ('all', 'backbone', 'head')."
+    "One stage of a plan: `loss` (a name in `LOSSES`) on the `params` it trains ('all', 'backbone', 'head')."
     loss:str
     params:str
     epochs:int
     lr:float
     adversarial:bool
+    @property
+    def name(self): return 'head' if self.params == 'head' else self.loss
 
 def plan(cfg:TrainConfig):
     "The stages `cfg` trains, in order."
     adv = cfg.adversarial
+    if cfg.objective in LOSSES: return [Stage(cfg.objective, LOSSES[cfg.objective].params, cfg.epochs, cfg.lr, adv)]
     supcon = Stage('supcon', 'backbone', cfg.epochs, cfg.lr, adv)
-    return {'ce': [Stage('ce', 'all', cfg.epochs, cfg.lr, adv)],
-            'supcon': [supcon],
-            'supcon_then_ce': [supcon, Stage('ce', 'all', cfg.finetune_epochs, cfg.finetune_lr, adv)],
-            'supcon_retrained_head': [supcon, Stage('head', 'head', cfg.finetune_epochs, cfg.finetune_lr, False)],
-            'joint': [Stage('joint', 'all', cfg.epochs, cfg.lr, adv)],
-            'trades': [Stage('trades', 'all', cfg.epochs, cfg.lr, adv)]}[cfg.objective]
+    if cfg.objective == 'supcon_then_ce': return [supcon, Stage('ce', 'all', cfg.finetune_epochs, cfg.finetune_lr, adv)]
+    return [supcon, Stage('ce', 'head', cfg.finetune_epochs, cfg.finetune_lr, False)]      # supcon_retrained_head
 
 def stage_at(stages, epoch:int):
     "The stage that epoch `epoch` (counted over the whole plan) belongs to, and the epoch its stage started at."
@@ -124,16 +128,22 @@ def stage_at(stages, epoch:int):
 
 # %% ../nbs/06_train.ipynb 11
 class TrainModule(nn.Module):
-    "A classifier plus the optional projection head: `forward(x)` gives (features, embedding for SupCon, logits)."
-    def __init__(self, classifier:Classifier, projection:int|None=None):
+    "A classifier plus the optional projection head: `forward(views)` gives (embedding for SupCon, logits), [batch, views, ...]."
+    def __init__(self, classifier:Classifier, projection:int|None=None, channels_last:bool=True):
         super().__init__()
-        self.classifier = classifier
+        self.classifier, self.channels_last = classifier, channels_last
         d = classifier.num_features
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, projection)) if projection else None
-    def forward(self, x):
+
+    def _pass(self, x):
+        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         f = self.classifier.features(x)
-        z = self.projection(f) if self.projection is not None else f
-        return f, z, self.classifier.head(f)
+        return (self.projection(f) if self.projection is not None else f), self.classifier.head(f)
+
+    def forward(self, views:list, # the views of a batch, each [batch, C, H, W]
+                separate:bool=False): # one pass per view (else one pass over all of them)
+        outs = [self._pass(v) for v in views] if separate else [self._pass(torch.cat(views))]
+        return tuple(split_views(torch.cat([o[k] for o in outs]), len(views)) for k in (0, 1))
 
 def set_trainable(module:TrainModule, params:str, # 'all', 'backbone' or 'head' of the classifier
                   projection:bool=False): # does the projection head learn too (stages with a SupCon term)
@@ -188,84 +198,72 @@ def _reduce(d:dict, device):
     return dict(zip(keys, t.tolist()))
 
 # %% ../nbs/06_train.ipynb 16
-class _Adversaries:
-    "Where a run's adversaries come from: made per batch, or read from a pool by position."
-    def __init__(self, source, attack, pool=None, embedder=None, amp=False):
-        self.source, self.attack, self.pool, self.embedder, self.amp = source, attack, pool, embedder, amp
-
-    def __call__(self, model, x, y, i, step_seed, iteration):
-        if self.source == 'online':
-            return self.attack(model, x, y, embedder=self.embedder, seed=step_seed, amp=self.amp)
-        if self.source == 'refresh': self.pool.step(iteration, model=model, embedder=self.embedder, amp=self.amp)
-        return self.pool.adversaries(i).to(x.device)
-
-# %% ../nbs/06_train.ipynb 17
 def _has_clean(stage, cfg):
     "Is the clean batch the first view?"
-    return not stage.adversarial or cfg.mix_clean or stage.loss == 'trades'
+    return not stage.adversarial or cfg.mix_clean or LOSSES[stage.loss].clean_view
 
-def _views(stage, cfg, x, y, i, adversaries, model, step_seed, iteration):
+def _views(stage, cfg, x, y, i, source, model, seed, iteration):
     "The list of views of this batch that the stage trains on."
-    views = []
-    if _has_clean(stage, cfg): views.append(x)
-    if cfg.augment and stage.loss in ('supcon', 'joint'):
-        g = torch.Generator(device=x.device).manual_seed(step_seed)
-        views.append(random_crop_flip(x, generator=g))
-    if stage.adversarial: views.append(adversaries(model, x, y, i, step_seed, iteration))
+    views = [x] if _has_clean(stage, cfg) else []
+    if cfg.augment and LOSSES[stage.loss].on_features:
+        views.append(random_crop_flip(x, generator=torch.Generator(device=x.device).manual_seed(seed)))
+    if stage.adversarial: views.append(source(model, x, y, i, seed, iteration))
     return views
 
-def train_step(module, stage, cfg, supcon, batch, adversaries, model, step_seed, iteration, amp):
+def train_step(module, # the `TrainModule` (or its data-parallel or compiled wrapper)
+               stage:Stage, cfg:TrainConfig, batch, # (images, labels, positions in the training set)
+               source, # the source of adversaries (`advcl.sources`), or None
+               model, # the model the source attacks (the classifier being trained, maybe compiled)
+               seed:int, iteration:int, amp:bool):
     "Loss of one batch under `stage`, and its device-side sums for the metrics."
     x, y, i = batch
-    views = _views(stage, cfg, x, y, i, adversaries, model, step_seed, iteration)
-    xs = torch.cat(views)
-    if cfg.channels_last: xs = xs.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(xs.device.type, dtype=torch.bfloat16, enabled=amp):
-        f, z, logits = module(xs)          # frozen parameters (the backbone in the 'head' stage) build no graph
-    logits = logits.float()
-    nv = len(views)
-    ys = y.repeat(nv)
-    if stage.loss in ('ce', 'head'): loss = F.cross_entropy(logits, ys)
-    elif stage.loss == 'trades':
-        clean, adv = logits.view(nv, len(y), -1)[[0, -1]]
-        kl = F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1), reduction='batchmean')
-        loss = F.cross_entropy(clean, y) + cfg.beta * kl
-    else:
-        zv = split_views(z.float(), nv)                                   # [batch, views, dim] on this process
-        sc = supcon(_gather(zv), _gather(y))
-        loss = sc if stage.loss == 'supcon' else F.cross_entropy(logits, ys) + cfg.lam * sc
-    correct = (logits.detach().argmax(1) == ys).view(nv, -1).sum(1)
-    n = torch.tensor(len(y), device=y.device)
-    first_adv = nv - 1 if stage.adversarial else None
-    sums = dict(loss=loss.detach() * len(y), n=n,
-                clean_correct=correct[0] if _has_clean(stage, cfg) else torch.zeros((), device=y.device),
-                adv_correct=correct[first_adv] if first_adv is not None else torch.zeros((), device=y.device))
-    return loss, sums
+    views = _views(stage, cfg, x, y, i, source, model, seed, iteration)
+    objective = LOSSES[stage.loss]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        z, logits = module(views, separate=objective.separate_passes)     # frozen parameters build no graph
+    z, logits = z.float(), logits.float()
+    loss = objective(logits, z, y, gather=_gather, **cfg.loss_settings())
+    correct, zero = (logits.detach().argmax(-1) == y[:, None]).sum(0), torch.zeros((), device=y.device)
+    return loss, dict(loss=loss.detach() * len(y), n=torch.tensor(len(y), device=y.device),
+                      clean_correct=correct[0] if _has_clean(stage, cfg) else zero,
+                      adv_correct=correct[-1] if stage.adversarial else zero)
 
-# %% ../nbs/06_train.ipynb 19
+# %% ../nbs/06_train.ipynb 18
 def _initial_classifier(cfg:TrainConfig):
     "The classifier a run starts from: `cfg.init` (checked to be of the configured architecture), or a new one."
     clf = create_classifier(cfg.arch, cfg.dataset, pretrained=cfg.pretrained and not cfg.init, channels_last=cfg.channels_last,
                             **cfg.arch_kwargs)
     return load_checkpoint(cfg.init, model=clf)[0] if cfg.init else clf
 
-def load_proxy(proxy:str, device):
-    "The SupCon attack's proxy: 'dinov2_small', or a classifier checkpoint whose features are the embedding."
-    if proxy == 'dinov2_small': return dinov2_small().to(device).eval()
-    return Embedder(load_checkpoint(proxy, map_location=device)[0]).to(device).eval()
+# %% ../nbs/06_train.ipynb 19
+@dataclass
+class _Run:
+    "What every epoch of a training run uses."
+    cfg:TrainConfig
+    clf:Classifier
+    module:TrainModule
+    source:object           # the source of adversaries, or None
+    loader:object
+    device:torch.device
+    amp:bool
+    rank:int
+    world:int
 
-# %% ../nbs/06_train.ipynb 20
-def _source_and_data(cfg, attack, x, y, device, embedder, amp):
-    "The adversary source and the clean tensors the loader runs over (the pool's images, for pools)."
-    if cfg.source == 'pool':
-        pool = AdversarialPool(cfg.pool).check(attack=attack, x=x, y=y)
-        rows = pool.rows
-        return _Adversaries('pool', attack, pool), x[rows], y[rows]
-    if cfg.source == 'refresh':
-        rp = RefreshingPool(x.to(device), y.to(device), attack, cfg.refresh_every, cfg.refresh_size, cfg.seed)
-        rows = rp.rows.cpu()
-        return _Adversaries('refresh', attack, rp, embedder, amp), x[rows], y[rows]
-    return _Adversaries(cfg.source, attack, None, embedder, amp), x, y
+def _prepare(cfg, data, embedder, device, rank, world):
+    "The classifier, its `TrainModule`, the source of adversaries and the loader of a run."
+    amp = device.type == 'cuda' if cfg.amp is None else cfg.amp
+    if cfg.adversarial and cfg.attack.kind == 'sc' and embedder is None and SOURCES[cfg.source].attacks_live:
+        if not cfg.proxy: raise ValueError("The SupCon attack needs a proxy: set proxy= (a checkpoint, or 'dinov2_small').")
+        embedder = load_proxy(cfg.proxy, device)
+    if data is None: data = load_data(cfg.dataset, 'train', cfg.data_root, cfg.n_per_class, cfg.data_seed)
+    seed_everything(cfg.seed)
+    clf = _initial_classifier(cfg)
+    module = TrainModule(clf, cfg.projection, cfg.channels_last).to(device)
+    source = make_source(cfg, data, embedder, device, amp)
+    clean = source.clean(*data) if source is not None and isinstance(data, tuple) else data
+    loader = make_loader(clean, cfg.batch_size // world, shuffle=True, seed=cfg.seed, device=device, rank=rank, world_size=world,
+                         with_index=True)
+    return _Run(cfg, clf, module, source, loader, device, amp, rank, world)
 
 def _optimizer(stage, params, cfg, steps):
     opt = torch.optim.SGD(params, lr=stage.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -277,6 +275,15 @@ def _compiled(module, compile):
     if not compile: return module
     return torch.compile(module) if compile is True else torch.compile(module, mode=compile)
 
+def _stage_setup(run, stage, state=None): # state: a checkpoint to resume inside this stage from
+    "The (wrapped) module, optimiser and schedule that train `stage`."
+    params = set_trainable(run.module, stage.params, projection=LOSSES[stage.loss].on_features)
+    wrapped = nn.parallel.DistributedDataParallel(run.module) if run.world > 1 else run.module
+    opt, sched = _optimizer(stage, params, run.cfg, stage.epochs * len(run.loader))
+    if state: opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
+    return _compiled(wrapped, run.cfg.compile), opt, sched
+
+# %% ../nbs/06_train.ipynb 20
 def _load_state(path, cfg):
     state = torch.load(path, map_location='cpu', weights_only=False)
     if state['config'] != cfg.to_dict():
@@ -285,24 +292,33 @@ def _load_state(path, cfg):
                          "Resume with the same configuration, or pass resume=False / another output folder.")
     return state
 
-# %% ../nbs/06_train.ipynb 21
 def _read_history(path, upto:int):
     "Metrics lines of epochs before `upto` (a resumed run rewrites the rest)."
     if not Path(path).exists(): return []
     return [r for r in map(json.loads, Path(path).read_text().splitlines()) if r['epoch'] < upto]
 
-def _evaluate_clean(clf, val, device, batch_size=1000):
-    if val is None: return None
-    correct = n = 0
-    was = clf.training
-    clf.eval()
-    with torch.no_grad():
-        for xb, yb in make_loader(val, batch_size, device=device):
-            correct += (clf(xb).argmax(1) == yb).sum().item(); n += len(yb)
-    clf.train(was)
-    return correct / n
+def _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progress):
+    "Train one epoch of `stage`; its line of metrics."
+    run.module.train()
+    if stage.params == 'head': run.module.classifier.backbone.eval()     # frozen backbone: batch-norm statistics stay
+    run.loader.set_epoch(epoch)
+    sums, t0, lr = None, time.perf_counter(), opt.param_groups[0]['lr']
+    bar = tqdm(run.loader, desc=f'epoch {epoch + 1}/{total} {stage.name}', disable=not progress or run.rank != 0, leave=False)
+    for k, batch in enumerate(bar):
+        iteration = epoch * len(run.loader) + k
+        loss, s = train_step(wrapped, stage, run.cfg, batch, run.source, attacked, sub_seed(run.cfg.seed, iteration), iteration, run.amp)
+        opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+        sums = s if sums is None else {key: sums[key] + s[key] for key in s}
+        if progress and run.rank == 0 and k % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')
+    sums = _reduce({key: v.item() for key, v in sums.items()}, run.device)
+    seconds = time.perf_counter() - t0
+    return dict(epoch=epoch, stage=stage.name, loss=sums['loss'] / sums['n'],
+                train_clean_acc=sums['clean_correct'] / sums['n'] if _has_clean(stage, run.cfg) else None,
+                train_adv_acc=sums['adv_correct'] / sums['n'] if stage.adversarial else None,
+                val_clean_acc=accuracy(run.clf, val, device=run.device) if val is not None and run.rank == 0 else None,
+                lr=lr, images_per_s=sums['n'] / seconds, seconds=seconds)
 
-# %% ../nbs/06_train.ipynb 22
+# %% ../nbs/06_train.ipynb 21
 def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and model.pt go
           data=None, # (images, labels) to train on; None: the configuration's data set
           embedder=None, # the proxy for the SupCon attack; None: loaded from cfg.proxy
@@ -312,98 +328,52 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     rank, world, device = _setup_distributed(resolve_device(cfg.device))
     if cfg.batch_size % world: raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes.")
-    amp = device.type == 'cuda' if cfg.amp is None else cfg.amp
-    attack = Attack(**cfg.attack) if cfg.adversarial else None
-    if attack is not None and attack.kind == 'sc' and embedder is None and cfg.source in ('online', 'refresh'):
-        if not cfg.proxy: raise ValueError("The SupCon attack needs a proxy: set proxy= (a checkpoint, or 'dinov2_small').")
-        embedder = load_proxy(cfg.proxy, device)
-    if data is None: data = load_data(cfg.dataset, 'train', cfg.data_root, cfg.n_per_class, cfg.data_seed)
-    if not isinstance(data, tuple) and cfg.source in ('pool', 'refresh'):
-        raise ValueError(f"source={cfg.source!r} needs an in-memory data set; use source='online' for image folders.")
-    seed_everything(cfg.seed)
-    clf = _initial_classifier(cfg)
-    module = TrainModule(clf, cfg.projection).to(device)
-    if isinstance(data, tuple):
-        adversaries, x, y = _source_and_data(cfg, attack, *data, device, embedder, amp)
-        loader = TensorLoader(x, y, cfg.batch_size // world, shuffle=True, seed=cfg.seed, device=device,
-                              rank=rank, world_size=world, with_index=True)
-    else:
-        adversaries = _Adversaries(cfg.source, attack, None, embedder, amp)
-        loader = make_loader(data, cfg.batch_size // world, shuffle=True, seed=cfg.seed, device=device,
-                             rank=rank, world_size=world, with_index=True)
-    stages, supcon = plan(cfg), SupConLoss(cfg.temperature)
-    total = sum(s.epochs for s in stages)
-    ckpt, log = out_dir/'checkpoint.pt', out_dir/'metrics.jsonl'
+    run = _prepare(cfg, data, embedder, device, rank, world)
+    stages, ckpt, log = plan(cfg), out_dir/'checkpoint.pt', out_dir/'metrics.jsonl'
     state = _load_state(ckpt, cfg) if resume and ckpt.exists() else None
-    start = state['epoch'] + 1 if state else 0
     if state:
-        module.load_state_dict(state['module'])
-        if state.get('refresh') and cfg.source == 'refresh': adversaries.pool.load_state_dict(state['refresh'])
+        run.module.load_state_dict(state['module'])
+        if run.source is not None: run.source.load_state_dict(state['source'])
+    start, total = state['epoch'] + 1 if state else 0, sum(s.epochs for s in stages)
     history = _read_history(log, start)
     if rank == 0: log.write_text(''.join(json.dumps(r) + '\n' for r in history))
-    attacked = _compiled(clf, cfg.compile)                               # the model the online/refresh attacks run
-    opt = sched = wrapped = None
+    attacked, opt = _compiled(run.clf, cfg.compile), None              # the model the online/refresh attacks run
     for epoch in range(start, total):
         stage, stage_start = stage_at(stages, epoch)
         if opt is None or epoch == stage_start:
-            params = set_trainable(module, stage.params, projection=stage.loss in ('supcon', 'joint'))
-            wrapped = nn.parallel.DistributedDataParallel(module) if world > 1 else module
-            wrapped = _compiled(wrapped, cfg.compile)
-            opt, sched = _optimizer(stage, params, cfg, stage.epochs * len(loader))
-            if state and epoch == start and epoch != stage_start:
-                opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
-        module.train()
-        if stage.loss == 'head': module.classifier.backbone.eval()     # frozen backbone: batch-norm statistics stay
-        loader.set_epoch(epoch)
-        sums, t0, lr = None, time.perf_counter(), opt.param_groups[0]['lr']
-        bar = tqdm(loader, desc=f'epoch {epoch + 1}/{total} {stage.loss}', disable=not progress or rank != 0, leave=False)
-        for k, batch in enumerate(bar):
-            iteration = epoch * len(loader) + k
-            step_seed = cfg.seed * 1_000_003 + iteration
-            loss, s = train_step(wrapped, stage, cfg, supcon, batch, adversaries, attacked, step_seed, iteration, amp)
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-            sums = s if sums is None else {key: sums[key] + s[key] for key in s}
-            if progress and rank == 0 and k % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')
-        sums = _reduce({key: v.item() for key, v in sums.items()}, device)
-        seconds = time.perf_counter() - t0
-        row = dict(epoch=epoch, stage=stage.loss, loss=sums['loss'] / sums['n'],
-                   train_clean_acc=sums['clean_correct'] / sums['n'] if _has_clean(stage, cfg) else None,
-                   train_adv_acc=sums['adv_correct'] / sums['n'] if stage.adversarial else None,
-                   val_clean_acc=_evaluate_clean(clf, val, device) if rank == 0 else None,
-                   lr=lr, images_per_s=sums['n'] / seconds, seconds=seconds)
-        history.append(row)
-        if rank == 0:
-            with open(log, 'a') as f: f.write(json.dumps(row) + '\n')
-            atomic_save(dict(module=module.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch,
-                             config=cfg.to_dict(), refresh=adversaries.pool.state_dict() if cfg.source == 'refresh' else None), ckpt)
-            if progress: print(f"epoch {epoch + 1}/{total} {stage.loss}: " + ', '.join(f'{k} {v:.4g}' for k, v in row.items()
-                               if isinstance(v, float) and k not in ('seconds',)))
-    set_trainable(module, 'all')
+            wrapped, opt, sched = _stage_setup(run, stage, state if state and epoch == start != stage_start else None)
+        history.append(row := _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progress))
+        if rank == 0: _save_epoch(run, row, epoch, opt, sched, ckpt, log, progress, total)
+    set_trainable(run.module, 'all')
     if rank == 0:
-        save_checkpoint(out_dir/'model.pt', clf, record=dict(config=cfg.to_dict(), history=history, environment=environment(device)))
-    return clf, history
+        save_checkpoint(out_dir/'model.pt', run.clf, record=dict(config=cfg.to_dict(), history=history, environment=environment(device)))
+    return run.clf, history
 
-# %% ../nbs/06_train.ipynb 36
-def parse_overrides(pairs):
-    "['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}: values as JSON where they parse, else strings."
-    out = {}
-    for p in pairs or []:
-        if '=' not in p: raise ValueError(f"--set takes key=value pairs; got {p!r}.")
-        k, v = p.split('=', 1)
-        try: out[k] = json.loads(v)
-        except json.JSONDecodeError: out[k] = v
-    return out
+def _save_epoch(run, row, epoch, opt, sched, ckpt, log, progress, total):
+    "Append the epoch's metrics to the log and checkpoint everything a resumed run needs."
+    with open(log, 'a') as f: f.write(json.dumps(row) + '\n')
+    atomic_save(dict(module=run.module.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch,
+                     config=run.cfg.to_dict(), source=run.source.state_dict() if run.source is not None else {}), ckpt)
+    if progress: print(f"epoch {epoch + 1}/{total} {row['stage']}: " + ', '.join(f'{k} {v:.4g}' for k, v in row.items()
+                       if isinstance(v, float) and k != 'seconds'))
+
+# %% ../nbs/06_train.ipynb 37
+def _train_options(p):
+    p.add_argument('--out', required=True, help="output folder: checkpoint.pt, metrics.jsonl, model.pt")
+    p.add_argument('--config', help="a JSON file of TrainConfig settings")
+    p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help="TrainConfig settings (JSON values), over --config's")
+    p.add_argument('--no-resume', action='store_true', help="start afresh even if OUT holds a checkpoint")
+    p.add_argument('--quiet', action='store_true', help="no progress bars or per-epoch lines")
+
+def _train_main(a):
+    d = json.loads(Path(a.config).read_text()) if a.config else {}
+    cfg = TrainConfig.from_dict({**d, **parse_overrides(a.set)})                  # checked before any work
+    train(cfg, a.out, resume=not a.no_resume, progress=not a.quiet)
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def train_command(argv=None):
     "Command line: `advcl-train --out DIR [--config run.json] [--set key=value ...] [--no-resume]`."
-    import argparse
-    p = argparse.ArgumentParser(prog='advcl-train', description="Train by a TrainConfig (resumes from DIR/checkpoint.pt).")
-    p.add_argument('--out', required=True, help="output folder: checkpoint.pt, metrics.jsonl, model.pt")
-    p.add_argument('--config', help="a JSON file of TrainConfig fields")
-    p.add_argument('--set', nargs='*', default=[], help="TrainConfig fields as key=value (JSON values)")
-    p.add_argument('--no-resume', action='store_true'); p.add_argument('--quiet', action='store_true')
-    a = p.parse_args(argv)
-    d = json.loads(Path(a.config).read_text()) if a.config else {}
-    cfg = TrainConfig.from_dict({**d, **parse_overrides(a.set)})
-    train(cfg, a.out, resume=not a.no_resume, progress=not a.quiet)
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    p = command_parser('advcl-train', "Train by a TrainConfig (resumes from OUT/checkpoint.pt). Its settings, with their "
+                                      f"defaults: {', '.join(f'{k}={v}' for k, v in TrainConfig().to_dict().items())}.")
+    _train_options(p)
+    return run_command(p, _train_main, argv)

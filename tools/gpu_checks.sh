@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of issues 3, 4 and 7, for a lent GPU machine (see DEVELOPERS.md, "When a GPU is lent").
-# Written without a GPU (only its install step was tried, on a local Python 3.12): expect to fix it on first use.
-# Run tools/gpu_prepare.sh here first; then, through the device tool, with carry [".whl", "data"]:
+# The checks that need a CUDA machine (see DEVELOPERS.md, "On a CUDA machine"), for one without network access.
+# Not yet run on a GPU (only its install step was tried, on a local Python 3.12): expect to fix it on first use.
+# Run tools/gpu_prepare.sh first and copy .whl/ and data/ with the working tree; then, there:
 #   tools/gpu_checks.sh checks            the `#| cuda` notebook cells (03_attacks, 06_train)       ~2 min
 #   tools/gpu_checks.sh bench             benchmarks/throughput.py: small_cnn and ResNet-50           ~5 min
 #   tools/gpu_checks.sh fashion SEED...   the fashion profile for these seeds (resumes from $OUT's tar) one seed a call
-# Everything it makes goes to $OUT (the device tool's folder that comes back), else ./gpu-out.
+# Everything it makes goes to $OUT, else ./gpu-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
@@ -25,7 +25,7 @@ case "$what" in
     python3 benchmarks/throughput.py --arch resnet50 --dataset imagenet --batch-size 256 --dtypes bf16 --channels-last 1 \
       --compile 0 1 --warmup 5 --iters 20 --out "$OUT/throughput-resnet50-cuda.json" ;;
   fashion)
-    # A previous call's runs come back in $OUT/fashion.tar.gz; carry it in as data/fashion.tar.gz to go on.
+    # A previous call's runs are in $OUT/fashion.tar.gz; put it at data/fashion.tar.gz to go on from them.
     [ -f data/fashion.tar.gz ] && tar -xzf data/fashion.tar.gz
     ( time advcl run --profile fashion --seeds "$@" ) 2>&1 | tee "$OUT/fashion-run.log"
     advcl report --profile fashion 2>&1 | tail -3

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# What a lent GPU machine lacks, made ready here (see DEVELOPERS.md, "When a GPU is lent"):
+# What a CUDA machine without network access needs from here (see DEVELOPERS.md, "On a CUDA machine"):
 #   .whl/               wheels for its Python 3.12: papermill, ipykernel, nbdev 2 and their needs, torchattacks
 #   data/fashion-mnist/ the four Fashion-MNIST IDX files (from Debian's dataset-fashion-mnist)
-# Both folders are git-ignored; name them in the device run's `carry`. About 45 MB together.
+# Both folders are git-ignored; copy them to the machine with the working tree. About 45 MB together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl
@@ -11,7 +11,7 @@ PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --impl
 rm -rf .whl && mkdir -p .whl
 "${PIP[@]}" papermill ipykernel nbdev==2.4.7 execnb==0.1.16 fastcore==1.8.18 ghapi==1.0.11
 "${PIP[@]}" --no-deps 'torchattacks>=3.5'
-# The GPU image has these already (device/KINDS.md): keep its versions.
+# A CUDA image with torch, timm, seaborn and pandas has these already: keep its versions.
 for p in attrs build certifi charset_normalizer click idna packaging psutil pygments pyyaml PyYAML requests setuptools six \
          tqdm typing_extensions urllib3 wheel python_dateutil pyproject_hooks jinja2 markupsafe tzdata; do
   rm -f .whl/${p}-*.whl
