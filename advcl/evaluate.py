@@ -93,12 +93,12 @@ def autoattack(model, x:torch.Tensor, y:torch.Tensor, *, eps:float, n_classes:in
     _check_settings(eps, 1.0, 1, norm); _check_images(x, y)
     x_adv, y = x.detach().clone(), y.to(x.device)
     with attack_mode(model):
-        with torch.no_grad(): robust = torch.cat([model(x[c]).argmax(1) == y[c] for c in torch.arange(len(x)).split(batch_size)])
+        robust = torch.cat([score_batch(model, x[c], y[c])[0] for c in torch.arange(len(x)).split(batch_size)])
         counts = {'clean': int(robust.sum())}
         for name, atk in tqdm(_autoattack_parts(model, eps, norm, n_classes, seed).items(), desc='AutoAttack', disable=not progress, leave=False):
             for idx in robust.nonzero().flatten().split(batch_size):
                 xa = atk(x[idx], y[idx])
-                with torch.no_grad(): broken = model(xa).argmax(1) != y[idx]
+                broken = ~score_batch(model, xa, y[idx])[0]
                 x_adv[idx[broken]] = xa[broken]; robust[idx[broken]] = False
             counts[name] = int(robust.sum())
     return x_adv, counts

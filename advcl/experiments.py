@@ -255,7 +255,8 @@ def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None,
 
 # %% ../nbs/10_experiments.ipynb 18
 def _experiment_options(p):
-    p.add_argument('command', choices=['run', 'report', 'list'], help="run the matrix, write its report, or list its runs and their status")
+    p.add_argument('command', choices=['run', 'report', 'status', 'list'],
+                   help="run the matrix, write its report, or show each run's status ('list' is 'status')")
     p.add_argument('--profile', default='quick', help="a profile in profiles/ (quick, fashion, imagenet) or a path to a profile JSON")
     p.add_argument('--out', default='reports', help="reports go to OUT/<profile>/")
     p.add_argument('--seeds', type=int, nargs='*', default=None, help="the seeds to run (default: the profile's)")
@@ -265,8 +266,11 @@ def _experiment_options(p):
 
 def _experiments_main(a):
     prof = load_profile(a.profile, parse_overrides(a.set))
-    if a.command == 'list':
-        for r in plan_runs(prof, a.out, a.seeds, a.only): print(f"{run_status(r):10s} {r.run_id}  ({r.name})")
+    if a.command in ('status', 'list'):
+        statuses = [(run_status(r), r) for r in plan_runs(prof, a.out, a.seeds, a.only)]
+        for st, r in statuses: print(f"{st:10s} {r.run_id}  ({r.name})")
+        counts = {st: sum(s == st for s, _ in statuses) for st in dict.fromkeys(s for s, _ in statuses)}
+        print(f"{len(statuses)} runs: " + ', '.join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
     elif a.command == 'run':
         resolve_device(prof.get('train', {}).get('device', 'auto'))          # a GPU asked for and absent: say so before any work
         if any(s == 'failed' for s in run_matrix(prof, a.out, a.seeds, a.only).values()): sys.exit(1)

@@ -17,7 +17,7 @@ from .core import atomic_save
 from .data import dataset_info, make_loader, IMAGENET_MEAN, IMAGENET_STD
 
 # %% auto 0
-__all__ = ['SMALL_ARCHS', 'CHECKPOINT_FORMAT', 'Normalize', 'Classifier', 'small_cnn', 'BasicBlock', 'resnet_small',
+__all__ = ['SMALL_ARCHS', 'CHECKPOINT_FORMAT', 'Normalize', 'Classifier', 'small_cnn', 'BasicBlock', 'resnet_small', 'madry_cnn',
            'create_classifier', 'eval_mode', 'score_batch', 'correct', 'accuracy', 'Embedder', 'dinov2_small',
            'CheckpointError', 'save_checkpoint', 'read_checkpoint', 'classifier_from_config', 'load_checkpoint',
            'load_proxy', 'weights_digest']
@@ -81,7 +81,14 @@ def resnet_small(in_chans:int=1, width:int=32, layers:tuple=(2, 2, 2, 2), norm:s
             mods.append(BasicBlock(c, c_out, 2 if stage > 0 and b == 0 else 1, norm)); c = c_out
     return nn.Sequential(*mods, nn.AdaptiveAvgPool2d(1), nn.Flatten()), c
 
-SMALL_ARCHS = {'small_cnn': small_cnn, 'resnet_small': resnet_small}
+def madry_cnn(in_chans:int=1, width:int=32, hidden:int=1024, norm:str|None=None, size:int=28):
+    "The CNN of Madry et al.'s MNIST challenge: (backbone, number of features); `norm` is ignored (it has none)."
+    layers = [nn.Conv2d(in_chans, width, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+              nn.Conv2d(width, 2 * width, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+              nn.Flatten(), nn.Linear(2 * width * (size // 4) ** 2, hidden), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers), hidden
+
+SMALL_ARCHS = {'small_cnn': small_cnn, 'resnet_small': resnet_small, 'madry_cnn': madry_cnn}
 
 # %% ../nbs/02_models.ipynb 9
 def _timm_backbone(arch, num_classes, in_chans, pretrained, pretrained_file, **kwargs):

@@ -4,7 +4,8 @@
 
 # %% ../nbs/05_pool.ipynb 2
 from __future__ import annotations
-import hashlib, math, shutil
+import fcntl, hashlib, math, shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,8 +17,8 @@ from .data import to_float_images
 from .models import read_checkpoint, weights_digest
 
 # %% auto 0
-__all__ = ['POOL_FORMAT', 'PoolMismatchError', 'clean_digest', 'model_source', 'quantize_adversaries', 'generate_pool',
-           'AdversarialPool', 'RefreshingPool', 'pool_command']
+__all__ = ['POOL_FORMAT', 'PoolMismatchError', 'clean_digest', 'model_source', 'quantize_adversaries', 'folder_lock',
+           'generate_pool', 'AdversarialPool', 'RefreshingPool', 'pool_command']
 
 # %% ../nbs/05_pool.ipynb 5
 POOL_FORMAT = 'advcl.pool/1'
@@ -61,7 +62,18 @@ def quantize_adversaries(x_adv:torch.Tensor, x:torch.Tensor, eps:float):
     d = torch.round(x_adv.float() * 255 - x.float()).clamp(-levels, levels)
     return (x.float() + d).clamp(0, 255).to(torch.uint8)
 
-# %% ../nbs/05_pool.ipynb 10
+# %% ../nbs/05_pool.ipynb 11
+@contextmanager
+def folder_lock(folder):
+    "An exclusive lock on `folder` (on the file `<folder>.lock` beside it) inside the block."
+    lock = Path(f'{folder}.lock')
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, 'w') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/05_pool.ipynb 13
 def _shard_path(folder, k): return Path(folder)/f'shard-{k:05d}.pt'
 
 def _shard_ok(path, n):
@@ -72,7 +84,7 @@ def _attack_shard(attack, x, y, model, embedder, seed, device, amp, chunk_size):
     xf = to_float_images(x.to(device))
     return attack(model, xf, y.to(device), embedder=embedder, seed=seed, amp=amp, chunk_size=chunk_size).cpu()
 
-# %% ../nbs/05_pool.ipynb 11
+# %% ../nbs/05_pool.ipynb 14
 def generate_pool(folder, # where the pool goes (created; resumed if it holds a pool with the same settings)
                   x:torch.Tensor, y:torch.Tensor, # the clean set: images (uint8, or float in [0,1]) and labels
                   attack:Attack, # the attack and its settings
@@ -91,21 +103,21 @@ def generate_pool(folder, # where the pool goes (created; resumed if it holds a 
     folder, n_shards = Path(folder), math.ceil(len(x) / shard_size)
     meta = dict(format=POOL_FORMAT, attack=attack.to_dict(), source=source or {}, n=len(x), shard_size=shard_size,
                 n_shards=n_shards, seed=seed, dtype=dtype, clean=clean_digest(x, y))
-    if (folder/'meta.json').exists():
-        if remake_stale and _differences(read_json(folder/'meta.json'), meta): shutil.rmtree(folder)
-        else: _check_same(folder, read_json(folder/'meta.json'), meta)
-    if not (folder/'meta.json').exists(): write_json(meta, folder/'meta.json')
-    device = torch.device(device or 'cpu')
-    todo = [k for k in range(n_shards)
-            if not _shard_ok(_shard_path(folder, k), min(shard_size, len(x) - k * shard_size))]
-    for k in tqdm(todo, desc=f'pool {folder.name}', unit='shard', disable=not progress):
-        rows = slice(k * shard_size, (k + 1) * shard_size)
-        x_adv = _attack_shard(attack, x[rows], y[rows], model, embedder, sub_seed(seed, k), device, amp, chunk_size)
-        if dtype == 'uint8': x_adv = quantize_adversaries(x_adv, x[rows], attack.eps)
-        atomic_save(dict(x_adv=x_adv, labels=y[rows].clone(), rows=torch.arange(len(x))[rows]), _shard_path(folder, k))
+    with folder_lock(folder):                  # one maker at a time: runs sharing a pool may start together
+        if (folder/'meta.json').exists():
+            if remake_stale and _differences(read_json(folder/'meta.json'), meta): shutil.rmtree(folder)
+            else: _check_same(folder, read_json(folder/'meta.json'), meta)
+        if not (folder/'meta.json').exists(): write_json(meta, folder/'meta.json')
+        device = torch.device(device or 'cpu')
+        todo = [k for k in range(n_shards) if not _shard_ok(_shard_path(folder, k), min(shard_size, len(x) - k * shard_size))]
+        for k in tqdm(todo, desc=f'pool {folder.name}', unit='shard', disable=not progress):
+            rows = slice(k * shard_size, (k + 1) * shard_size)
+            x_adv = _attack_shard(attack, x[rows], y[rows], model, embedder, sub_seed(seed, k), device, amp, chunk_size)
+            if dtype == 'uint8': x_adv = quantize_adversaries(x_adv, x[rows], attack.eps)
+            atomic_save(dict(x_adv=x_adv, labels=y[rows].clone(), rows=torch.arange(len(x))[rows]), _shard_path(folder, k))
     return AdversarialPool(folder)
 
-# %% ../nbs/05_pool.ipynb 13
+# %% ../nbs/05_pool.ipynb 16
 class AdversarialPool:
     "A pool made by `generate_pool`: adversaries `x_adv`, their `labels`, and the `rows` of their clean images."
     def __init__(self, folder):
@@ -143,7 +155,7 @@ class AdversarialPool:
         _check_same(self.folder, self.meta, new)
         return self
 
-# %% ../nbs/05_pool.ipynb 23
+# %% ../nbs/05_pool.ipynb 26
 class RefreshingPool:
     "Adversaries of the clean images `rows`, regenerated from the current model every `every` iterations."
     def __init__(self, x:torch.Tensor, y:torch.Tensor, # the clean set (on the training device)
@@ -182,7 +194,7 @@ class RefreshingPool:
         if not torch.equal(s['rows'].cpu(), self.rows.cpu()): raise PoolMismatchError("The saved refreshing pool covers other images.")
         self.x_adv, self.refreshed_at, self.generation = s['x_adv'], s['refreshed_at'], s['generation']
 
-# %% ../nbs/05_pool.ipynb 27
+# %% ../nbs/05_pool.ipynb 30
 def _pool_options(p):
     p.add_argument('checkpoint', help="the model attacked: the classifier (pgd, fgsm) or the proxy (sc)")
     p.add_argument('folder', help="where the pool goes (a pool there with the same settings is finished, not redone)")

@@ -12,9 +12,9 @@ from .run import read_analysis, read_outcomes, read_record
 from .stats import paired_difference
 
 # %% auto 0
-__all__ = ['FINISHED', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_FLOOR', 'collect', 'analyses',
-           'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'accuracy_figure', 'curve_figure', 'verdict_figure',
-           'lambda_figure', 'write_report']
+__all__ = ['FINISHED', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR', 'collect',
+           'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'accuracy_figure', 'curve_figure',
+           'verdict_figure', 'lambda_figure', 'write_report']
 
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
@@ -140,31 +140,43 @@ def _verdict_lines(vs, reference):
               f"| {v['reaches']} |" for v in vs]
     groups = {k: [v['name'] for v in vs if v['supcon'] and v['reaches'] == k] for k in ('yes', 'undetermined', 'no')}
     answer = 'Yes' if groups['yes'] else 'Undetermined' if groups['undetermined'] else 'No' if groups['no'] else 'No SupCon variant was run'
-    return lines + ['', f"**Does a SupCon variant reach the reference?** {answer}" +
-                    ''.join(f"; {k}: {', '.join(n)}" for k, n in groups.items() if n) + '.']
+    lines += ['', f"**Does a SupCon variant reach the reference? {answer}.** " +
+              ' '.join(f"{k.capitalize()} for {', '.join(n)}." for k, n in groups.items() if n)]
+    if any(v['objective'] == 'joint' for v in vs):
+        lines += ['', "The joint objective becomes plain adversarial training on clean and adversarial views as λ → 0: set a small λ "
+                  "beside `PGD - CE Loss (online)`, the same training without the SupCon term, before crediting SupCon with it."]
+    return lines
 
 # %% ../nbs/11_report.ipynb 12
 SQUARE_CHECK = 0.002      # auto-attack's checks.check_square_sr: Square lowering robust accuracy by more than this
-CURVE_FLOOR = 0.10        # accuracy at the largest eps of the robustness curve above which it "does not fall towards 0"
+CURVE_RISE = 0.02         # accuracy rising by more than this from one eps of the robustness curve to a larger one
+CURVE_FLOOR = 0.10        # accuracy at the end of a curve reaching 3 x eps above which it "does not fall towards 0"
 
-def _evidence(g, outs, name):
+def _curve_rises(curves, eps:float):
+    "Does the mean robustness curve rise anywhere, or stay above the floor at three times `eps` or more?"
+    curves = [c for c in curves if isinstance(c, list) and c]
+    if not curves: return False
+    acc = [sum(c[k]['acc'] for c in curves) / len(curves) for k in range(len(curves[0]))]
+    rises = any(b > a + CURVE_RISE for a, b in zip(acc, acc[1:]))
+    return rises or (curves[0][-1]['eps'] >= 3 * eps - 1e-9 and acc[-1] > CURVE_FLOOR)
+
+def _evidence(g, outs, name, eps):
     "The signs of gradient masking in one model's runs."
     signs = []
     if 'autoattack_square_acc' in g and (g['autoattack_fab-t_acc'] - g['autoattack_square_acc']).mean() > SQUARE_CHECK: signs.append('Square')
     if by_seed(outs, name, 'pgd_baseline') and paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'pgd_baseline')).low > 0:
         signs.append('transfer')
-    last = [c[-1]['acc'] for c in g['curve'] if isinstance(c, list) and c]
-    if last and sum(last) / len(last) > CURVE_FLOOR: signs.append('curve')
+    if _curve_rises(list(g['curve']), eps): signs.append('curve')
     return signs
 
-def _strength_lines(models, outs):
+def _strength_lines(models, outs, eps):
     "The table of PGD's overestimate against AutoAttack and the evidence of masking, per model."
-    lines = ['| Model | PGD − AutoAttack, same images | after APGD-CE | AutoAttack | largest-eps accuracy | evidence of masking |',
+    lines = ['| Model | PGD − AutoAttack, same images [95% CI] | after APGD-CE | AutoAttack | largest-eps accuracy (curve) | evidence of masking |',
              '|---|---|---|---|---|---|']
     flagged = []
     for name, g in models.groupby('name', sort=False):
         over = paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'autoattack'))
-        signs = _evidence(g, outs, name)
+        signs = _evidence(g, outs, name, eps)
         if signs: flagged.append(f"{name} ({', '.join(signs)})")
         last = mean_sd([c[-1]['acc'] for c in g['curve'] if isinstance(c, list) and c], 3)
         lines.append(f"| {name} | {over} | {_cell(g, 'autoattack_apgd-ce_acc')} | {_cell(g, 'autoattack_acc')} | {last} | {', '.join(signs) or 'none'} |")
@@ -172,7 +184,7 @@ def _strength_lines(models, outs):
                     "No model shows evidence of gradient masking by these three checks; PGD's overestimates above are the "
                     "measure of how much weaker a fixed-step PGD is than AutoAttack."]
 
-# %% ../nbs/11_report.ipynb 14
+# %% ../nbs/11_report.ipynb 15
 def _pyplot():
     "matplotlib's pyplot on the file-only Agg backend (reports are drawn without a display)."
     import matplotlib; matplotlib.use('Agg')
@@ -214,7 +226,7 @@ def verdict_figure(vs, reference, path):
             ax.errorbar(d.estimate, k, xerr=[[d.estimate - d.low], [d.high - d.estimate]], fmt='o', capsize=3,
                         color={'better': 'tab:green', 'worse': 'tab:red'}.get(d.verdict, 'tab:grey'))
         ax.axvline(0, color='black', lw=0.8); ax.axvline(-WITHIN, color='grey', ls=':', lw=0.8)
-        ax.set(xlabel=f'{key} accuracy − {reference} (95% CI)')
+        ax.set(xlabel=f"{dict(autoattack='AutoAttack', clean='clean')[key]} accuracy − {reference} (95% CI)")
     axes[0].set_yticks(range(len(vs)), [v['name'] for v in vs]); axes[0].invert_yaxis()
     return _save(fig, path)
 
@@ -229,7 +241,7 @@ def lambda_figure(models, path):
     ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy', ylim=(0, 1))
     return _save(fig, path)
 
-# %% ../nbs/11_report.ipynb 16
+# %% ../nbs/11_report.ipynb 17
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
     p, total = prof['per_class'], done.filter(like='_seconds').sum().sum() + sum(a['record'].seconds['analysis'] for a in ans)
@@ -295,7 +307,7 @@ def _runs_lines(df, ans):
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
                     f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans]
 
-# %% ../nbs/11_report.ipynb 18
+# %% ../nbs/11_report.ipynb 19
 def _results_lines(prof, models, outs, folder):
     "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
     paper, beyond, md = models[models.paper], models[~models.paper], []
@@ -308,7 +320,7 @@ def _results_lines(prof, models, outs, folder):
         md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference']) + ['']
         if vs and verdict_figure(vs, prof['reference'], folder/'figures'/'verdicts.png'): md += ['![Differences from the reference](figures/verdicts.png)', '']
         if lambda_figure(models, folder/'figures'/'lambda.png'): md += ['The joint objective over λ:', '', '![lambda sweep](figures/lambda.png)', '']
-    if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs) + ['']
+    if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps']) + ['']
     return md
 
 def write_report(profile:str|Path|dict, out_root='reports'):

@@ -108,7 +108,7 @@ def train_pool_folder(attack:Attack, seed:int):
 def shared_pool(folder, data, attack:Attack, seed:int, device, model=None, embedder=None, name:str|None=None):
     "The pool of `attack` on `data` in `folder`, made there once (resuming, and remade when stale) for every run that asks."
     x, y = data
-    source = model_source(model, name) if model is not None else dict(name=name)
+    source = model_source(model if model is not None else embedder, name)           # keyed by the attacked weights
     return generate_pool(folder, x, y, attack, model=model, embedder=embedder, source=source, seed=seed, device=device,
                          progress=False, remake_stale=True)
 

@@ -136,3 +136,38 @@ def test_imagenet_profile_is_wired(tmp_path):
     m = json.loads((tmp_path/'out'/'imagenet'/'runs'/'sc-supcon-loss-s0'/'metrics.json').read_text())
     assert m['settings']['train']['source'] == 'online' and m['settings']['train']['arch'] == 'resnet50'
     assert set(m['results']) == {'clean', 'pgd', 'sc'}
+
+def _until(cond, proc, timeout=300):
+    t0 = time.time()
+    while not cond():
+        assert proc.poll() is None, f"the driver ended before the moment to kill it: {proc.stdout.read()}"
+        assert time.time() - t0 < timeout, 'timeout'
+        time.sleep(0.05)
+
+def _numbers(folder):
+    "Every run's accuracies and losses, by run id."
+    return {p.parent.name: {k: (r['acc'], r['loss']) for k, r in json.loads(p.read_text()).get('results', {}).items()}
+            for p in sorted((folder/'runs').glob('*/metrics.json'))}
+
+def test_a_kill_in_any_phase_leaves_nothing_that_stops_the_rerun(tmp_path):
+    "Killed (with its kernels) while a pool is made, while a model trains, while one is evaluated and while the report is written, the matrix finishes on the next run with the numbers of a run never killed."
+    prof = dict(SMOKE, rows=SMOKE['rows'][:2], reference='PGD - SupCon Loss')
+    (tmp_path/'p.json').write_text(json.dumps(prof))
+    run([BIN/'advcl-experiments', 'run', '--profile', tmp_path/'p.json', '--out', tmp_path/'whole'])
+    runs = tmp_path/'killed'/'smoke'/'runs'
+    moments = [lambda: (runs/'clean-s0'/'train'/'model.pt').exists() and not (runs/'clean-s0'/'metrics.json').exists(),  # evaluating
+               lambda: list((tmp_path/'killed'/'smoke'/'pools').glob('train-*/meta.json')),                  # making the training pool
+               lambda: (runs/'pgd-supcon-loss-s0'/'train'/'metrics.jsonl').exists()]                       # training
+    for moment in moments:
+        p = _driver('run', '--profile', tmp_path/'p.json', '--out', tmp_path/'killed', start_new_session=True)
+        _until(moment, p)
+        os.killpg(p.pid, signal.SIGKILL); p.wait()
+    out = run([BIN/'advcl-experiments', 'run', '--profile', tmp_path/'p.json', '--out', tmp_path/'killed']).stdout
+    assert 'error' not in out.lower(), out
+    assert _numbers(tmp_path/'killed'/'smoke') == _numbers(tmp_path/'whole'/'smoke')
+    p = _driver('report', '--profile', tmp_path/'p.json', '--out', tmp_path/'killed', start_new_session=True)
+    _until(lambda: (tmp_path/'killed'/'smoke'/'figures').exists(), p)
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    for out in ('killed', 'whole'): run([BIN/'advcl-experiments', 'report', '--profile', tmp_path/'p.json', '--out', tmp_path/out])
+    csv = lambda out: pd.read_csv(tmp_path/out/'smoke'/'results.csv').filter(regex='_acc$|run_id|status')
+    pd.testing.assert_frame_equal(csv('killed'), csv('whole'))
