@@ -171,6 +171,7 @@ def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of t
     except (ValueError, TypeError, KeyError): return 'stale'                  # another format
     if rec.settings != run.settings.to_dict(): return 'stale'
     if run.role != 'analysis' and _weights_of(run) != rec.weights: return 'recorded'
+    if run.role == 'analysis' and not all((run.folder.parent/i/'train'/'model.pt').is_file() for i in run.needs): return 'recorded'
     if weights is not None:
         current = {f'runs/{i}/train/model.pt': weights.get(i) for i in run.needs}
         if any(current.get(p) != d for p, d in _recorded_inputs(run).items()): return 'outdated'

@@ -4,8 +4,8 @@
 
 # %% ../nbs/06_train.ipynb 2
 from __future__ import annotations
-import json, math, os, time
-from dataclasses import dataclass, field, asdict, fields
+import json, math, time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,12 +19,13 @@ from .core import (atomic_save, command_parser, environment, from_dict, parse_ov
 from .data import load_data, make_loader, random_crop_flip
 from .models import Classifier, accuracy, create_classifier, load_checkpoint, load_proxy, save_checkpoint
 from .attacks import Attack
-from .losses import LOSSES, get_loss, split_views
+from .losses import LOSSES, split_views
+from .distributed import gather, reduce_sums, setup_distributed
 from .sources import SOURCES, make_source
 
 # %% auto 0
 __all__ = ['TWO_STAGE', 'OBJECTIVES', 'COMPILE_MODES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 'TrainModule', 'set_trainable',
-           'dist_info', 'train_step', 'train', 'train_command']
+           'train_step', 'train', 'train_command']
 
 # %% ../nbs/06_train.ipynb 5
 TWO_STAGE = ('supcon_then_ce', 'supcon_retrained_head')
@@ -155,49 +156,7 @@ def set_trainable(module:TrainModule, params:str, # 'all', 'backbone' or 'head' 
         else: p.requires_grad_({'all': True, 'backbone': id(p) not in head, 'head': id(p) in head}[params])
     return [p for p in module.parameters() if p.requires_grad]
 
-# %% ../nbs/06_train.ipynb 14
-def dist_info():
-    "(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for a single process."
-    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
-
-def _setup_distributed(device):
-    rank, world, local = dist_info()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    if world > 1 and device.type == 'cuda': device = torch.device('cuda', local)
-    return rank, world, device
-
-class _GatherWithGrad(torch.autograd.Function):
-    "All-gather along dim 0 whose backward sums the gradient over processes and returns this process's slice."
-    @staticmethod
-    def forward(ctx, t):
-        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, t.contiguous())
-        ctx.rank, ctx.n = dist.get_rank(), len(t)
-        return torch.cat(parts)
-    @staticmethod
-    def backward(ctx, g):
-        g = g.contiguous()     # collectives need contiguous memory; a strided gradient would be read wrongly
-        dist.all_reduce(g)
-        return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-def _gather(t:torch.Tensor):
-    "Concatenate `t` (the same length on every process) from every process along dim 0, gradients included."
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1: return t
-    if t.requires_grad: return _GatherWithGrad.apply(t)
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-def _reduce(d:dict, device):
-    "Sum a dict of numbers over processes."
-    if not (dist.is_available() and dist.is_initialized()): return d
-    keys = sorted(d)
-    t = torch.tensor([float(d[k]) for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-# %% ../nbs/06_train.ipynb 16
+# %% ../nbs/06_train.ipynb 15
 def _has_clean(stage, cfg):
     "Is the clean batch the first view?"
     return not stage.adversarial or cfg.mix_clean or LOSSES[stage.loss].clean_view
@@ -222,20 +181,20 @@ def train_step(module, # the `TrainModule` (or its data-parallel or compiled wra
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         z, logits = module(views, separate=objective.separate_passes)     # frozen parameters build no graph
     z, logits = z.float(), logits.float()
-    loss = objective(logits, z, y, gather=_gather, **cfg.loss_settings())
+    loss = objective(logits, z, y, gather=gather, **cfg.loss_settings())
     correct, zero = (logits.detach().argmax(-1) == y[:, None]).sum(0), torch.zeros((), device=y.device)
     return loss, dict(loss=loss.detach() * len(y), n=torch.tensor(len(y), device=y.device),
                       clean_correct=correct[0] if _has_clean(stage, cfg) else zero,
                       adv_correct=correct[-1] if stage.adversarial else zero)
 
-# %% ../nbs/06_train.ipynb 18
+# %% ../nbs/06_train.ipynb 17
 def _initial_classifier(cfg:TrainConfig):
     "The classifier a run starts from: `cfg.init` (checked to be of the configured architecture), or a new one."
     clf = create_classifier(cfg.arch, cfg.dataset, pretrained=cfg.pretrained and not cfg.init, channels_last=cfg.channels_last,
                             **cfg.arch_kwargs)
     return load_checkpoint(cfg.init, model=clf)[0] if cfg.init else clf
 
-# %% ../nbs/06_train.ipynb 19
+# %% ../nbs/06_train.ipynb 18
 @dataclass
 class _Run:
     "What every epoch of a training run uses."
@@ -283,7 +242,7 @@ def _stage_setup(run, stage, state=None): # state: a checkpoint to resume inside
     if state: opt.load_state_dict(state['optimizer']); sched.load_state_dict(state['scheduler'])
     return _compiled(wrapped, run.cfg.compile), opt, sched
 
-# %% ../nbs/06_train.ipynb 20
+# %% ../nbs/06_train.ipynb 19
 def _load_state(path, cfg):
     state = torch.load(path, map_location='cpu', weights_only=False)
     if state['config'] != cfg.to_dict():
@@ -310,7 +269,7 @@ def _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progres
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
         sums = s if sums is None else {key: sums[key] + s[key] for key in s}
         if progress and run.rank == 0 and k % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')
-    sums = _reduce({key: v.item() for key, v in sums.items()}, run.device)
+    sums = reduce_sums({key: v.item() for key, v in sums.items()}, run.device)
     seconds = time.perf_counter() - t0
     return dict(epoch=epoch, stage=stage.name, loss=sums['loss'] / sums['n'],
                 train_clean_acc=sums['clean_correct'] / sums['n'] if _has_clean(stage, run.cfg) else None,
@@ -318,7 +277,7 @@ def _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progres
                 val_clean_acc=accuracy(run.clf, val, device=run.device) if val is not None and run.rank == 0 else None,
                 lr=lr, images_per_s=sums['n'] / seconds, seconds=seconds)
 
-# %% ../nbs/06_train.ipynb 21
+# %% ../nbs/06_train.ipynb 20
 def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and model.pt go
           data=None, # (images, labels) to train on; None: the configuration's data set
           embedder=None, # the proxy for the SupCon attack; None: loaded from cfg.proxy
@@ -326,7 +285,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
           resume:bool=True, progress:bool=True):
     "Train by `cfg`; returns the trained `Classifier` and the list of per-epoch metrics."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world, device = _setup_distributed(resolve_device(cfg.device))
+    rank, world, device = setup_distributed(resolve_device(cfg.device))
     if cfg.batch_size % world: raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes.")
     run = _prepare(cfg, data, embedder, device, rank, world)
     stages, ckpt, log = plan(cfg), out_dir/'checkpoint.pt', out_dir/'metrics.jsonl'
@@ -357,7 +316,7 @@ def _save_epoch(run, row, epoch, opt, sched, ckpt, log, progress, total):
     if progress: print(f"epoch {epoch + 1}/{total} {row['stage']}: " + ', '.join(f'{k} {v:.4g}' for k, v in row.items()
                        if isinstance(v, float) and k != 'seconds'))
 
-# %% ../nbs/06_train.ipynb 37
+# %% ../nbs/06_train.ipynb 36
 def _train_options(p):
     p.add_argument('--out', required=True, help="output folder: checkpoint.pt, metrics.jsonl, model.pt")
     p.add_argument('--config', help="a JSON file of TrainConfig settings")
