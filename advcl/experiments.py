@@ -4,7 +4,8 @@
 
 # %% ../nbs/10_experiments.ipynb 2
 from __future__ import annotations
-import json, re, shutil, sys, time
+import json, os, re, shutil, sys, time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .train import TrainConfig
 
 # %% auto 0
 __all__ = ['PROFILE_KEYS', 'ROW_KEYS', 'PLANNED', 'find_file', 'apply_sets', 'load_profile', 'Run', 'plan_runs', 'run_status',
-           'execute_run', 'run_matrix', 'main']
+           'execute_run', 'Outcome', 'run_task', 'dask_client', 'run_matrix', 'main']
 
 # %% ../nbs/10_experiments.ipynb 5
 PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'analysis')
@@ -224,37 +225,82 @@ def _relative_paths(notebook:Path, template:Path):
     notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n')
 
 # %% ../nbs/10_experiments.ipynb 16
+@dataclass
+class Outcome:
+    "What a worker reports of one run."
+    run_id:str
+    status:str                    # 'done', 'skipped', 'failed' or 'blocked'
+    seconds:float
+    detail:str                    # the headline figures, or what went wrong
+    weights:str|None = None       # the digest of the weights it left, for the runs that read them
+    notes:list = field(default_factory=list)
+
 def _summary(run:Run):
     if run.role == 'analysis': return f"{len(read_analysis(run.folder).embedding)} models analysed"
     return ', '.join(f"{k} {v['acc']:.3f}" for k, v in read_record(run.folder).results.items())
 
-def _eta(times, left):
-    if not times or not left: return ''
-    s = sum(times) / len(times) * left
+def run_task(run:Run, *needed:Outcome):
+    "One run, as a worker executes it: skipped if done, blocked if a run it needs did not finish, else executed."
+    t0, notes = time.time(), []
+    if waits := [o.run_id for o in needed if o.status not in ('done', 'skipped')]:
+        return Outcome(run.run_id, 'blocked', 0., f"needs {', '.join(waits)}")
+    status = run_status(run, {o.run_id: o.weights for o in needed})
+    template = find_file('template', 'analysis' if run.role == 'analysis' else 'experiment')
+    s = 'skipped' if status == 'done' else execute_run(run, template, status, notes.append)
+    if s == 'failed': return Outcome(run.run_id, s, time.time() - t0, f"{read_json(run.folder/'error.json')['error']}: see {run.folder/'error.json'}", None, notes)
+    return Outcome(run.run_id, s, time.time() - t0, _summary(run), None if run.role == 'analysis' else read_record(run.folder).weights, notes)
+
+# %% ../nbs/10_experiments.ipynb 17
+@contextmanager
+def dask_client(workers:int=1, threads:int|None=None, scheduler:str|None=None):
+    "A Dask client: on a `LocalCluster` of `workers` processes, each run with `threads` CPU threads; or on the cluster at `scheduler`."
+    import logging
+    from distributed import Client, LocalCluster
+    logging.getLogger('distributed').setLevel(logging.CRITICAL)           # a worker's death is handled, not news
+    if scheduler:
+        with Client(scheduler) as client: yield client
+        return
+    threads = str(threads or max(1, (os.cpu_count() or 1) // workers))
+    saved = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)     # inherited by the workers and their kernels
+    try:
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0,
+                          silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client: yield client
+    finally:
+        for k, v in saved.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+def _eta(t_all, executed, left):
+    if not executed or not left: return ''
+    s = (time.time() - t_all) / executed * left
     return f" (about {s / 60:.0f} min left)" if s >= 90 else f" (about {s:.0f} s left)"
 
-def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None, sets:dict|None=None, log=print):
-    "Run every run of `profile` that is not done; returns {run_id: 'done', 'skipped', 'failed' or 'blocked'}."
+def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None, sets:dict|None=None, log=print,
+               workers:int=1, threads:int|None=None, scheduler:str|None=None):
+    "Run every run of `profile` that is not done, on Dask; returns {run_id: 'done', 'skipped', 'failed' or 'blocked'}."
+    from distributed import as_completed
+    from tqdm.auto import tqdm
     prof = profile if isinstance(profile, dict) else load_profile(profile, sets)
     runs = plan_runs(prof, out_root, seeds, only)
-    statuses, weights, times, t_all = {}, {}, [], time.time()
-    log(f"{prof['name']}: {len(runs)} runs in {Path(out_root)/prof['name']}")
-    for k, run in enumerate(runs, 1):
-        if waits := [i for i in run.needs if statuses.get(i) not in ('done', 'skipped')]:
-            statuses[run.run_id] = 'blocked'
-            log(f"[{k}/{len(runs)}] {run.run_id}: blocked - needs {', '.join(waits)}"); continue
-        t0, status = time.time(), run_status(run, weights)
-        template = find_file('template', 'analysis' if run.role == 'analysis' else 'experiment')
-        s = statuses[run.run_id] = 'skipped' if status == 'done' else execute_run(run, template, status, log)
-        if s != 'skipped': times.append(time.time() - t0)
-        if s != 'failed' and run.role != 'analysis': weights[run.run_id] = read_record(run.folder).weights
-        detail = f"{read_json(run.folder/'error.json')['error']}: see {run.folder/'error.json'}" if s == 'failed' else _summary(run)
-        left = sum(1 for r in runs[k:] if run_status(r) != 'done')
-        log(f"[{k}/{len(runs)}] {run.run_id}: {s} in {time.time() - t0:.0f} s - {detail}{_eta(times, left)}")
+    statuses, t_all, executed = {}, time.time(), 0
+    left = sum(run_status(r) != 'done' for r in runs)
+    log(f"{prof['name']}: {len(runs)} runs in {Path(out_root)/prof['name']}, {left} to run, on {scheduler or f'{workers} worker(s)'}")
+    with dask_client(workers, threads, scheduler) as client, tqdm(total=len(runs), unit='run', disable=None, leave=False) as bar:
+        futures = {}
+        for k, run in enumerate(runs):       # the plan's order where workers are fewer than the runs that are ready
+            futures[run.run_id] = client.submit(run_task, run, *[futures[i] for i in run.needs], pure=False, priority=len(runs) - k)
+        for k, fut in enumerate(as_completed(list(futures.values())), 1):
+            o = fut.result()
+            statuses[o.run_id] = o.status
+            executed, left = executed + (o.status in ('done', 'failed')), left - (o.status in ('done', 'failed'))
+            for line in o.notes + [f"[{k}/{len(runs)}] {o.run_id}: {o.status} in {o.seconds:.0f} s - {o.detail}{_eta(t_all, executed, left)}"]:
+                bar.write(line) if not bar.disable else log(line)
+            bar.update(1)
     log(f"{prof['name']}: {sum(s in ('done', 'skipped') for s in statuses.values())}/{len(runs)} runs done in {time.time() - t_all:.0f} s")
     return statuses
 
-# %% ../nbs/10_experiments.ipynb 18
+# %% ../nbs/10_experiments.ipynb 19
 def _experiment_options(p):
     p.add_argument('command', choices=['run', 'report', 'status', 'list'],
                    help="run the matrix, write its report, or show each run's status ('list' is 'status')")
@@ -264,6 +310,9 @@ def _experiment_options(p):
     p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too)")
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                    help="settings for every run: a TrainConfig setting (data_root=/data), or block.key (per_class.test=50)")
+    p.add_argument('--workers', type=int, default=1, help="runs side by side on this machine (a Dask LocalCluster)")
+    p.add_argument('--threads', type=int, default=None, help="CPU threads of each run (default: the cores over the workers)")
+    p.add_argument('--scheduler', default=None, help="the address of a Dask scheduler to run on instead (e.g. a dask-jobqueue cluster's)")
 
 def _experiments_main(a):
     prof = load_profile(a.profile, parse_overrides(a.set))
@@ -274,7 +323,9 @@ def _experiments_main(a):
         print(f"{len(statuses)} runs: " + ', '.join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
     elif a.command == 'run':
         resolve_device(prof.get('train', {}).get('device', 'auto'))          # a GPU asked for and absent: say so before any work
-        if any(s == 'failed' for s in run_matrix(prof, a.out, a.seeds, a.only).values()): sys.exit(1)
+        if a.workers < 1 or (a.threads is not None and a.threads < 1): raise SettingsError("--workers and --threads must be at least 1.")
+        statuses = run_matrix(prof, a.out, a.seeds, a.only, workers=a.workers, threads=a.threads, scheduler=a.scheduler)
+        if any(s == 'failed' for s in statuses.values()): sys.exit(1)
     else:
         from advcl.report import write_report
         print(write_report(prof, a.out))

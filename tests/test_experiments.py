@@ -54,8 +54,8 @@ def test_driver_resumes_records_failures_and_reports(tmp_path):
     again = _driver('run', '--profile', profile, '--out', tmp_path/'out')
     out = again.communicate(timeout=600)[0]
     assert again.returncode == 1, out                                  # the broken row fails, the others finish
-    assert '[1/5] proxy-s0: skipped' in out and '[4/5] broken-s0: failed' in out, out
-    assert '[5/5] analysis-s0: blocked - needs broken-s0' in out, out  # the analysis waits for every model
+    assert '] proxy-s0: skipped' in out and '] broken-s0: failed' in out, out
+    assert '[5/5] analysis-s0: blocked in 0 s - needs broken-s0' in out, out   # the analysis waits for every model
     assert (runs/'proxy-s0'/'metrics.json').stat().st_mtime_ns == first   # finished work is not redone
     err = json.loads((runs/'broken-s0'/'error.json').read_text())
     assert "widht" in err['message']
@@ -171,3 +171,26 @@ def test_a_kill_in_any_phase_leaves_nothing_that_stops_the_rerun(tmp_path):
     for out in ('killed', 'whole'): run([BIN/'advcl-experiments', 'report', '--profile', tmp_path/'p.json', '--out', tmp_path/out])
     csv = lambda out: pd.read_csv(tmp_path/out/'smoke'/'results.csv').filter(regex='_acc$|run_id|status')
     pd.testing.assert_frame_equal(csv('killed'), csv('whole'))
+
+def test_two_workers_give_what_one_gives_and_survive_a_dead_worker(tmp_path):
+    "A Dask LocalCluster of two workers, one killed while it runs a row: the matrix finishes with the numbers of a sequential run."
+    import psutil
+    prof = dict(SMOKE, rows=SMOKE['rows'][:2] + [{"name": "PGD - CE Loss (online)", "attack": "pgd", "objective": "ce", "source": "online",
+                                                  "epochs": 2, "paper": False}])
+    (tmp_path/'p.json').write_text(json.dumps(prof))
+    one = ['--profile', tmp_path/'p.json', '--threads', '1']                        # one thread a run: the same rounding in both
+    run([BIN/'advcl-experiments', 'run', *one, '--workers', '1', '--out', tmp_path/'seq'])
+    p = _driver('run', *one, '--workers', '2', '--out', tmp_path/'par')
+    row = (tmp_path/'par'/'smoke'/'runs'/'pgd-supcon-loss-s0').resolve()
+    def kernel_of_row():
+        for k in psutil.process_iter(['cmdline']):
+            try:
+                if 'ipykernel' in ' '.join(k.info['cmdline'] or []) and Path(k.cwd()) == row: return k
+            except (psutil.NoSuchProcess, psutil.AccessDenied): pass
+    _until(lambda: (row/'train'/'metrics.jsonl').exists() and kernel_of_row(), p)
+    worker = kernel_of_row().parent()
+    assert 'spawn_main' in ' '.join(worker.cmdline())                               # a Dask worker process
+    worker.kill()
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0 and 'pgd-supcon-loss-s0: done' in out, out
+    assert _numbers(tmp_path/'par'/'smoke') == _numbers(tmp_path/'seq'/'smoke')
