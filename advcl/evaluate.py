@@ -88,20 +88,21 @@ def _autoattack_parts(model, eps:float, norm:str, n_classes:int, seed:int):
 
 def autoattack(model, x:torch.Tensor, y:torch.Tensor, *, eps:float, n_classes:int=10, norm:str='linf', seed:int=0,
                batch_size:int=500, progress:bool=False):
-    "The standard AutoAttack on images `x` in [0,1]: (adversarial images, {stage: images still robust after it})."
+    "The standard AutoAttack on images `x` in [0,1]: (adversarial images, {stage: images still robust after it}, {stage: seconds})."
     from advcl.attacks import _check_images, _check_settings
     _check_settings(eps, 1.0, 1, norm); _check_images(x, y)
     x_adv, y = x.detach().clone(), y.to(x.device)
     with attack_mode(model):
         robust = torch.cat([score_batch(model, x[c], y[c])[0] for c in torch.arange(len(x)).split(batch_size)])
-        counts = {'clean': int(robust.sum())}
+        counts, seconds = {'clean': int(robust.sum())}, {}
         for name, atk in tqdm(_autoattack_parts(model, eps, norm, n_classes, seed).items(), desc='AutoAttack', disable=not progress, leave=False):
+            t0 = time.perf_counter()
             for idx in robust.nonzero().flatten().split(batch_size):
                 xa = atk(x[idx], y[idx])
                 broken = ~score_batch(model, xa, y[idx])[0]
                 x_adv[idx[broken]] = xa[broken]; robust[idx[broken]] = False
-            counts[name] = int(robust.sum())
-    return x_adv, counts
+            counts[name], seconds[name] = int(robust.sum()), time.perf_counter() - t0
+    return x_adv, counts, seconds
 
 def evaluate_autoattack(model, data, # test data: (images, labels) tensors
                         eps:float, n_classes:int=10, norm:str='linf', seed:int=0, batch_size:int=500, device='cpu',
@@ -110,8 +111,8 @@ def evaluate_autoattack(model, data, # test data: (images, labels) tensors
     t0 = time.perf_counter()
     x, y = data
     x, y = to_float_images(x).to(device), y.to(device)
-    x_adv, counts = autoattack(model, x, y, eps=eps, n_classes=n_classes, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
+    x_adv, counts, stage_seconds = autoattack(model, x, y, eps=eps, n_classes=n_classes, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
     out = _summary([_score(model, x_adv[c], y[c]) for c in torch.arange(len(y)).split(batch_size)])
-    return out | dict(robust_after=counts, seconds=time.perf_counter() - t0,
+    return out | dict(robust_after=counts, stage_seconds=stage_seconds, seconds=time.perf_counter() - t0,
                       attack=dict(kind='autoattack', version='standard', eps=eps, norm=norm, n_classes=n_classes, seed=seed,
                                   description=f"AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square) {norm} eps={eps:g}"))

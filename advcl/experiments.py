@@ -19,7 +19,7 @@ from .train import TrainConfig
 
 # %% auto 0
 __all__ = ['PROFILE_KEYS', 'ROW_KEYS', 'PLANNED', 'find_file', 'apply_sets', 'load_profile', 'Run', 'plan_runs', 'run_status',
-           'execute_run', 'Outcome', 'run_task', 'dask_client', 'run_matrix', 'main']
+           'execute_run', 'Outcome', 'run_task', 'dask_client', 'default_workers', 'run_matrix', 'main']
 
 # %% ../nbs/10_experiments.ipynb 5
 PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'analysis')
@@ -272,17 +272,23 @@ def dask_client(workers:int=1, threads:int|None=None, scheduler:str|None=None):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+def default_workers(device:str='auto'):
+    "Runs side by side by default: one per CPU core when the runs are on the CPU (measured best), one on a GPU."
+    if resolve_device(device).type != 'cpu': return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
 def _eta(t_all, executed, left):
     if not executed or not left: return ''
     s = (time.time() - t_all) / executed * left
     return f" (about {s / 60:.0f} min left)" if s >= 90 else f" (about {s:.0f} s left)"
 
 def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None, sets:dict|None=None, log=print,
-               workers:int=1, threads:int|None=None, scheduler:str|None=None):
-    "Run every run of `profile` that is not done, on Dask; returns {run_id: 'done', 'skipped', 'failed' or 'blocked'}."
+               workers:int|None=None, threads:int|None=None, scheduler:str|None=None):
+    "Run every run of `profile` that is not done, on Dask (`workers`: `default_workers`); returns {run_id: 'done', 'skipped', 'failed' or 'blocked'}."
     from distributed import as_completed
     from tqdm.auto import tqdm
     prof = profile if isinstance(profile, dict) else load_profile(profile, sets)
+    workers = workers or default_workers(prof.get('train', {}).get('device', 'auto'))
     runs = plan_runs(prof, out_root, seeds, only)
     statuses, t_all, executed = {}, time.time(), 0
     left = sum(run_status(r) != 'done' for r in runs)
@@ -301,7 +307,7 @@ def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None,
     log(f"{prof['name']}: {sum(s in ('done', 'skipped') for s in statuses.values())}/{len(runs)} runs done in {time.time() - t_all:.0f} s")
     return statuses
 
-# %% ../nbs/10_experiments.ipynb 19
+# %% ../nbs/10_experiments.ipynb 20
 def _experiment_options(p):
     p.add_argument('command', choices=['run', 'report', 'status', 'list'],
                    help="run the matrix, write its report, or show each run's status ('list' is 'status')")
@@ -311,7 +317,8 @@ def _experiment_options(p):
     p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too)")
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                    help="settings for every run: a TrainConfig setting (data_root=/data), or block.key (per_class.test=50)")
-    p.add_argument('--workers', type=int, default=1, help="runs side by side on this machine (a Dask LocalCluster)")
+    p.add_argument('--workers', type=int, default=None,
+                   help="runs side by side on this machine, a Dask LocalCluster (default: one per core on a CPU, one on a GPU)")
     p.add_argument('--threads', type=int, default=None, help="CPU threads of each run (default: the cores over the workers)")
     p.add_argument('--scheduler', default=None, help="the address of a Dask scheduler to run on instead (e.g. a dask-jobqueue cluster's)")
 
@@ -324,7 +331,7 @@ def _experiments_main(a):
         print(f"{len(statuses)} runs: " + ', '.join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
     elif a.command == 'run':
         resolve_device(prof.get('train', {}).get('device', 'auto'))          # a GPU asked for and absent: say so before any work
-        if a.workers < 1 or (a.threads is not None and a.threads < 1): raise SettingsError("--workers and --threads must be at least 1.")
+        if any(n is not None and n < 1 for n in (a.workers, a.threads)): raise SettingsError("--workers and --threads must be at least 1.")
         statuses = run_matrix(prof, a.out, a.seeds, a.only, workers=a.workers, threads=a.threads, scheduler=a.scheduler)
         if any(s == 'failed' for s in statuses.values()): sys.exit(1)
     else:

@@ -164,7 +164,7 @@ class RunRecord:
     role:str
     seed:int
     settings:dict                 # the `RunSettings` as given (paths relative to the report folder)
-    results:dict                  # evaluation -> {acc, loss, softmax_loss, n, seconds, attack, [robust_after]}
+    results:dict                  # evaluation -> {acc, loss, softmax_loss, n, seconds, attack, [robust_after, stage_seconds]}
     curve:list                    # [{eps, acc, loss}] on the curve's images
     history:list                  # training, one line per epoch
     seconds:dict                  # by phase: pools, train, evaluate, curve, autoattack

@@ -22,12 +22,14 @@ def timed(cmd, cwd, env=None):
 
 
 def phases(folder):
-    "Seconds by phase summed over the runs in `folder` (their records), the evaluation split by attack."
+    "Seconds by phase summed over the runs in `folder` (their records), the evaluation split by attack and AutoAttack by stage."
     total = Counter()
     for m in Path(folder).glob('runs/*/metrics.json'):
         rec = json.loads(m.read_text())
         for phase, s in rec.get('seconds', {}).items(): total[phase] += s
-        for name, r in rec.get('results', {}).items(): total[f'evaluate: {name}'] += r.get('seconds', 0)
+        for name, r in rec.get('results', {}).items():
+            total[f'evaluate: {name}'] += r.get('seconds', 0)
+            for stage, s in r.get('stage_seconds', {}).items(): total[f'evaluate: {name}: {stage}'] += s
     return {k: round(v, 1) for k, v in sorted(total.items())}
 
 
