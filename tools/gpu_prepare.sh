@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What a CUDA machine without network access needs from here (see DEVELOPERS.md, "On a CUDA machine"):
-#   .whl/               wheels for its Python 3.12: papermill, ipykernel, nbdev 2 and their needs, torchattacks
+#   .whl/               wheels for its Python 3.12: papermill, ipykernel, Dask distributed, nbdev 2 and their needs, torchattacks
 #   data/fashion-mnist/ the four Fashion-MNIST IDX files (from Debian's dataset-fashion-mnist)
 # Both folders are git-ignored; copy them to the machine with the working tree. About 45 MB together.
 set -euo pipefail
@@ -9,7 +9,7 @@ PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --impl
      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64)
 rm -rf .whl && mkdir -p .whl
-"${PIP[@]}" papermill ipykernel nbdev==2.4.7 execnb==0.1.16 fastcore==1.8.18 ghapi==1.0.11
+"${PIP[@]}" papermill ipykernel 'dask[distributed]' nbdev==2.4.7 execnb==0.1.16 fastcore==1.8.18 ghapi==1.0.11
 "${PIP[@]}" --no-deps 'torchattacks>=3.5'
 # A CUDA image with torch, timm, seaborn and pandas has these already: keep its versions.
 for p in attrs build certifi charset_normalizer click idna packaging psutil pygments pyyaml PyYAML requests setuptools six \
