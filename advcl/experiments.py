@@ -19,7 +19,8 @@ from .train import TrainConfig
 
 # %% auto 0
 __all__ = ['PROFILE_KEYS', 'ROW_KEYS', 'PLANNED', 'find_file', 'apply_sets', 'load_profile', 'Run', 'plan_runs', 'run_status',
-           'execute_run', 'Outcome', 'run_task', 'dask_client', 'default_workers', 'run_matrix', 'main']
+           'execute_run', 'Outcome', 'run_task', 'dask_client', 'default_workers', 'default_threads', 'run_matrix',
+           'main']
 
 # %% ../nbs/10_experiments.ipynb 5
 PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'analysis')
@@ -235,9 +236,6 @@ class Outcome:
     weights:str|None = None       # the digest of the weights it left, for the runs that read them
     notes:list = field(default_factory=list)
 
-def _summary(run:Run):
-    if run.role == 'analysis': return f"{len(read_analysis(run.folder).embedding)} models analysed"
-    return ', '.join(f"{k} {v['acc']:.3f}" for k, v in read_record(run.folder).results.items())
 
 def run_task(run:Run, *needed:Outcome):
     "One run, as a worker executes it: skipped if done, blocked if a run it needs did not finish, else executed."
@@ -248,7 +246,10 @@ def run_task(run:Run, *needed:Outcome):
     template = find_file('template', 'analysis' if run.role == 'analysis' else 'experiment')
     s = 'skipped' if status == 'done' else execute_run(run, template, status, notes.append)
     if s == 'failed': return Outcome(run.run_id, s, time.time() - t0, f"{read_json(run.folder/'error.json')['error']}: see {run.folder/'error.json'}", None, notes)
-    return Outcome(run.run_id, s, time.time() - t0, _summary(run), None if run.role == 'analysis' else read_record(run.folder).weights, notes)
+    if run.role == 'analysis':
+        return Outcome(run.run_id, s, time.time() - t0, f"{len(read_analysis(run.folder).embedding)} models analysed", None, notes)
+    rec = read_record(run.folder)
+    return Outcome(run.run_id, s, time.time() - t0, ', '.join(f"{k} {v['acc']:.3f}" for k, v in rec.results.items()), rec.weights, notes)
 
 # %% ../nbs/10_experiments.ipynb 17
 @contextmanager
@@ -260,7 +261,7 @@ def dask_client(workers:int=1, threads:int|None=None, scheduler:str|None=None):
     if scheduler:
         with Client(scheduler) as client: yield client
         return
-    threads = str(threads or max(1, (os.cpu_count() or 1) // workers))
+    threads = str(threads or default_threads(workers))
     saved = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
     os.environ.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)     # inherited by the workers and their kernels
     try:                                 # Dask's workers set MALLOC_TRIM_THRESHOLD_ (40% off torch's speed here) and 1 thread: not ours
@@ -272,10 +273,17 @@ def dask_client(workers:int=1, threads:int|None=None, scheduler:str|None=None):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+def _cores():
+    "The CPU cores this process may use."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
 def default_workers(device:str='auto'):
     "Runs side by side by default: one per CPU core when the runs are on the CPU (measured best), one on a GPU."
-    if resolve_device(device).type != 'cpu': return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return _cores() if resolve_device(device).type == 'cpu' else 1
+
+def default_threads(workers:int):
+    "CPU threads of each run by default: the cores shared out among the workers."
+    return max(1, _cores() // workers)
 
 def _eta(t_all, executed, left):
     if not executed or not left: return ''

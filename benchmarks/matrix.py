@@ -42,7 +42,7 @@ def current(profile, seeds, workers, threads, out):
     cmd = [BIN/'advcl-experiments', 'run', '--profile', profile, '--seeds', *seeds, '--workers', workers, '--out', out]
     wall = timed(cmd + (['--threads', threads] if threads else []), REPO)
     folder = Path(out)/name_of(profile)
-    return dict(workers=workers, threads=threads or max(1, (os.cpu_count() or 1) // workers), wall_seconds=round(wall, 1),
+    return dict(workers=workers, threads=threads or default_threads(workers), wall_seconds=round(wall, 1),
                 phases=phases(folder), runs=len(list(folder.glob('runs/*/metrics.json'))))
 
 
@@ -68,6 +68,7 @@ if __name__ == '__main__':
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from advcl.core import environment
+    from advcl.experiments import default_threads
     record = dict(profile=a.profile, seeds=a.seeds, **environment('cpu'), cpu_count=os.cpu_count(), results=[])
     with tempfile.TemporaryDirectory() as tmp:
         if a.baseline:
