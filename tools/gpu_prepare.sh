@@ -2,7 +2,7 @@
 # What a CUDA machine without network access needs from here (see DEVELOPERS.md, "On a CUDA machine"):
 #   .whl/               wheels for its Python 3.12: papermill, ipykernel, Dask distributed, nbdev 2 and their needs, torchattacks
 #   data/fashion-mnist/ the four Fashion-MNIST IDX files (from Debian's dataset-fashion-mnist)
-# Both folders are git-ignored; copy them to the machine with the working tree. About 45 MB together.
+# Both folders are git-ignored; copy them to the machine with the working tree. About 50 MB together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl
