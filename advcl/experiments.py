@@ -49,7 +49,7 @@ def apply_sets(profile:dict, sets:dict|None):
     return p
 
 # %% ../nbs/10_experiments.ipynb 6
-def load_profile(profile:str|Path, # a name in profiles/ ('quick', 'fashion', 'imagenet') or a path to a JSON file
+def load_profile(profile:str|Path, # a name in profiles/ ('quick', 'budget', 'full', 'imagenet') or a path to a JSON file
                  sets:dict|None=None): # `--set` values (see `apply_sets`)
     "A profile, checked: its keys, its rows, and the settings of every run it plans (names and types), before any work."
     path = Path(profile) if str(profile).endswith('.json') else find_file('profile', profile)
@@ -319,7 +319,7 @@ def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None,
 def _experiment_options(p):
     p.add_argument('command', choices=['run', 'report', 'status', 'list'],
                    help="run the matrix, write its report, or show each run's status ('list' is 'status')")
-    p.add_argument('--profile', default='quick', help="a profile in profiles/ (quick, fashion, imagenet) or a path to a profile JSON")
+    p.add_argument('--profile', default='quick', help="a profile in profiles/ (quick, budget, full, imagenet) or a path to a profile JSON")
     p.add_argument('--out', default='reports', help="reports go to OUT/<profile>/")
     p.add_argument('--seeds', type=int, nargs='*', default=None, help="the seeds to run (default: the profile's)")
     p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too)")

@@ -14,7 +14,7 @@ from .stats import paired_difference
 # %% auto 0
 __all__ = ['FINISHED', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR', 'collect',
            'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'accuracy_figure', 'curve_figure',
-           'verdict_figure', 'lambda_figure', 'write_report']
+           'verdict_figure', 'lambda_figure', 'budget_figure', 'write_report']
 
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
@@ -38,7 +38,8 @@ def collect(profile:dict, out_root='reports'):
         t = run.settings.train
         row = dict(run_id=run.run_id, name=run.name, role=run.role, seed=run.seed, paper=run.paper, status=run_status(run),
                    notebook=f'runs/{run.run_id}/run.ipynb', objective=t.objective, source=t.source,
-                   attack=str(t.attack) if run.role == 'row' else None, lam=t.lam if t.objective == 'joint' else None)
+                   attack=str(t.attack) if run.role == 'row' else None, lam=t.lam if t.objective == 'joint' else None,
+                   mix_clean=t.mix_clean, epochs=t.epochs)
         if row['status'] in FINISHED: row |= _record_fields(read_record(run.folder))
         elif row['status'] == 'failed': row['error'] = (run.folder/'error.json').read_text()[:300]
         rows.append(row)
@@ -241,7 +242,26 @@ def lambda_figure(models, path):
     ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy', ylim=(0, 1))
     return _save(fig, path)
 
-# %% ../nbs/11_report.ipynb 17
+def budget_figure(models, path):
+    "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows that differ only in their epochs (mean ± SD over seeds)."
+    import seaborn as sns
+    rows = models[models.role == 'row']
+    groups = [g for _, g in rows.groupby(['objective', 'source', 'attack', 'mix_clean', 'lam'], dropna=False, sort=False) if g['epochs'].nunique() > 1]
+    if not groups: return None
+    fig, axes = _pyplot().subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        long = g.melt(id_vars=['epochs', 'seed'], value_vars=[c for c in ('clean_acc', 'pgd_acc', 'autoattack_acc') if c in g],
+                      var_name='evaluation', value_name='accuracy')
+        long['evaluation'] = long['evaluation'].map(ACCURACY)
+        sns.lineplot(long, x='epochs', y='accuracy', hue='evaluation', marker='o', errorbar='sd', ax=ax)
+        for e, s in g.groupby('epochs')['train_seconds'].mean().items(): ax.annotate(f'{s / 60:.1f} min', (e, 0.02), ha='center', fontsize=7)
+        ax.set(xscale='log', ylim=(0, 1), ylabel='test accuracy',
+               xlabel=f"epochs of training: {g['objective'].iloc[0]}, {g['attack'].iloc[0]} ({g['source'].iloc[0]})")
+        ax.minorticks_off(); ax.set_xticks(epochs := sorted(g['epochs'].unique()), [str(e) for e in epochs])
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+# %% ../nbs/11_report.ipynb 19
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
     p, total = prof['per_class'], done.filter(like='_seconds').sum().sum() + sum(a['record'].seconds['analysis'] for a in ans)
@@ -307,7 +327,7 @@ def _runs_lines(df, ans):
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
                     f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans]
 
-# %% ../nbs/11_report.ipynb 19
+# %% ../nbs/11_report.ipynb 21
 def _results_lines(prof, models, outs, folder):
     "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
     paper, beyond, md = models[models.paper], models[~models.paper], []
@@ -315,6 +335,9 @@ def _results_lines(prof, models, outs, folder):
            '## Table 2: cross-entropy loss', '', table(paper, LOSS, {'Adversarial loss': 2, 'Clean loss': 3}), '',
            "Compare the paper's losses with our softmax loss (the cross-entropy of the softmax outputs), not with our cross-entropy.", '']
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
+    if budget_figure(models, folder/'figures'/'budget.png'):
+        md += ["Accuracy against the training budget, for rows that differ only in their epochs (the labels: each model's minutes of "
+               "training, on the devices of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
     if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
         vs = verdicts(models, outs, prof['reference'])
         md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference']) + ['']

@@ -4,7 +4,7 @@
 # Run tools/gpu_prepare.sh first and copy .whl/ and data/ with the working tree; then, there:
 #   tools/gpu_checks.sh checks            the `#| cuda` notebook cells (03_attacks, 06_train)       ~2 min
 #   tools/gpu_checks.sh bench             benchmarks/throughput.py: small_cnn and ResNet-50           ~5 min
-#   tools/gpu_checks.sh fashion SEED...   the fashion profile for these seeds (resumes from $OUT's tar) one seed a call
+#   tools/gpu_checks.sh full SEED...      the full profile for these seeds (resumes from $OUT's tar)   one seed a call
 # Everything it makes goes to $OUT, else ./gpu-out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,14 +24,14 @@ case "$what" in
     python3 benchmarks/throughput.py --batch-size 4096 --warmup 5 --iters 30 --out "$OUT/throughput-small_cnn-cuda.json"
     python3 benchmarks/throughput.py --arch resnet50 --dataset imagenet --batch-size 256 --dtypes bf16 --channels-last 1 \
       --compile 0 1 --warmup 5 --iters 20 --out "$OUT/throughput-resnet50-cuda.json" ;;
-  fashion)
-    # A previous call's runs are in $OUT/fashion.tar.gz; put it at data/fashion.tar.gz to go on from them.
-    [ -f data/fashion.tar.gz ] && tar -xzf data/fashion.tar.gz
-    ( time advcl run --profile fashion --seeds "$@" ) 2>&1 | tee "$OUT/fashion-run.log"
-    advcl report --profile fashion 2>&1 | tail -3
+  full)
+    # A previous call's runs are in $OUT/full.tar.gz; put it at data/full.tar.gz to go on from them.
+    [ -f data/full.tar.gz ] && tar -xzf data/full.tar.gz
+    ( time advcl run --profile full --seeds "$@" ) 2>&1 | tee "$OUT/full-run.log"
+    advcl report --profile full 2>&1 | tail -3
     # Back: records, notebooks and the report, and the weights later rows start from (proxy, clean baseline).
-    find reports/fashion -name '*.pt' \( -name checkpoint.pt -o \( ! -path '*/proxy-s*' ! -path '*/clean-s*' \) \) > /tmp/skip
-    tar -czf "$OUT/fashion.tar.gz" -X /tmp/skip --exclude='reports/fashion/pools' --exclude='_stale' reports/fashion
+    find reports/full -name '*.pt' \( -name checkpoint.pt -o \( ! -path '*/proxy-s*' ! -path '*/clean-s*' \) \) > /tmp/skip
+    tar -czf "$OUT/full.tar.gz" -X /tmp/skip --exclude='reports/full/pools' --exclude='_stale' reports/full
     ls -la "$OUT" ;;
-  *) echo "unknown check '$what': use checks, bench or fashion SEED..." >&2; exit 2 ;;
+  *) echo "unknown check '$what': use checks, bench or full SEED..." >&2; exit 2 ;;
 esac
