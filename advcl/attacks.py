@@ -114,16 +114,16 @@ def pgd(model:nn.Module, # a classifier on images in [0,1] (normalisation inside
     "Projected gradient descent (Madry et al. 2018) on the cross-entropy: adversarial images within `eps` of `x`."
     _check_settings(eps, alpha, steps, norm); _check_images(x, y)
     g, sign = _generator(x, seed), -1. if targeted else 1.
-    def run(c):
-        return projected_gradient(lambda xa, yc=y[c]: sign * F.cross_entropy(model(xa), yc), x[c], eps, alpha, steps,
-                                  random_start, norm, g, _amp(x, amp))
+    def run(xs, ys):
+        return torch.cat([projected_gradient(lambda xa, yc=ys[c]: sign * F.cross_entropy(model(xa), yc), xs[c], eps, alpha, steps,
+                                             random_start, norm, g, _amp(x, amp)) for c in _chunks(len(xs), chunk_size)])
     with attack_mode(model):
-        x_adv = torch.cat([run(c) for c in _chunks(len(x), chunk_size)])
-        for _ in range(restarts - 1):       # AutoAttack's rule: an image keeps the first adversary that breaks it
-            x_new = torch.cat([run(c) for c in _chunks(len(x), chunk_size)])
+        x_adv = run(x, y)
+        for _ in range(restarts - 1):       # AutoAttack's rule: an image keeps the first adversary that breaks it; restarts attack the rest
             with torch.no_grad():
-                done = torch.cat([(model(x_adv[c]).argmax(1) == y[c]) == targeted for c in _chunks(len(x), chunk_size)])
-            x_adv = torch.where(done.view(-1, *[1] * (x.ndim - 1)), x_adv, x_new)
+                left = torch.cat([(model(x_adv[c]).argmax(1) == y[c]) != targeted for c in _chunks(len(x), chunk_size)]).nonzero().squeeze(1)
+            if not len(left): break
+            x_adv[left] = run(x[left], y[left])
     return x_adv
 
 # %% ../nbs/03_attacks.ipynb 18
