@@ -26,6 +26,7 @@ def _record_fields(rec):
         row |= {f'{k}_acc': r['acc'], f'{k}_loss': r['loss'], f'{k}_softmax_loss': r['softmax_loss'], f'{k}_n': r['n']}
         row |= {f'autoattack_{stage}_acc': left / r['n'] for stage, left in r.get('robust_after', {}).items()}
     row |= {f'{phase}_seconds': v for phase, v in rec.seconds.items()}
+    row['epoch_time'] = sum(h['seconds'] for h in rec.history)      # training's own seconds, over every resume
     env = rec.environment
     return row | dict(device=env['device_name'], torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
 
@@ -254,7 +255,7 @@ def budget_figure(models, path):
                       var_name='evaluation', value_name='accuracy')
         long['evaluation'] = long['evaluation'].map(ACCURACY)
         sns.lineplot(long, x='epochs', y='accuracy', hue='evaluation', marker='o', errorbar='sd', ax=ax)
-        for e, s in g.groupby('epochs')['train_seconds'].mean().items(): ax.annotate(f'{s / 60:.1f} min', (e, 0.02), ha='center', fontsize=7)
+        for e, s in g.groupby('epochs')['epoch_time'].mean().items(): ax.annotate(f'{s / 60:.1f} min', (e, 0.02), ha='center', fontsize=7)
         ax.set(xscale='log', ylim=(0, 1), ylabel='test accuracy',
                xlabel=f"epochs of training: {g['objective'].iloc[0]}, {g['attack'].iloc[0]} ({g['source'].iloc[0]})")
         ax.minorticks_off(); ax.set_xticks(epochs := sorted(g['epochs'].unique()), [str(e) for e in epochs])
@@ -337,7 +338,7 @@ def _results_lines(prof, models, outs, folder):
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
     if budget_figure(models, folder/'figures'/'budget.png'):
         md += ["Accuracy against the training budget, for rows that differ only in their epochs (the labels: each model's minutes of "
-               "training, on the devices of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
+               "training, the sum over its epochs, on the devices of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
     if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
         vs = verdicts(models, outs, prof['reference'])
         md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference']) + ['']
