@@ -109,7 +109,7 @@ def test_bad_input_is_one_line_before_any_work(tmp_path):
     for args, says in [(['run', '--profile', 'nonesuch'], "No profile 'nonesuch'"),
                        (['run', '--set', 'batch_size=abc'], 'batch_size="abc" should be a whole number'),
                        (['run', '--set', 'per_class.tset=5'], 'unknown setting tset'),
-                       (['run', '--profile', 'fashion'] if not __import__('torch').cuda.is_available() else ['run', '--set', 'x=1'],
+                       (['run', '--profile', 'full', '--set', 'device=cuda'] if not __import__('torch').cuda.is_available() else ['run', '--set', 'x=1'],
                         'no GPU here' if not __import__('torch').cuda.is_available() else 'unknown setting x')]:
         res = run([BIN/'advcl-experiments', *args, '--out', tmp_path], check=False)
         assert res.returncode == 2 and res.stderr.count('\n') == 1 and res.stderr.startswith('advcl-experiments: error: ') and says in res.stderr, res.stderr
