@@ -244,7 +244,7 @@ def lambda_figure(models, path):
     return _save(fig, path)
 
 def budget_figure(models, path):
-    "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows that differ only in their epochs (mean ± SD over seeds)."
+    "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows of one objective, source, attack, mix_clean and λ trained for several epochs (mean ± SD over seeds)."
     import seaborn as sns
     rows = models[models.role == 'row']
     groups = [g for _, g in rows.groupby(['objective', 'source', 'attack', 'mix_clean', 'lam'], dropna=False, sort=False) if g['epochs'].nunique() > 1]
@@ -337,7 +337,7 @@ def _results_lines(prof, models, outs, folder):
            "Compare the paper's losses with our softmax loss (the cross-entropy of the softmax outputs), not with our cross-entropy.", '']
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
     if budget_figure(models, folder/'figures'/'budget.png'):
-        md += ["Accuracy against the training budget, for rows that differ only in their epochs (the labels: each model's minutes of "
+        md += ["Accuracy against the training budget, for rows of one objective, source, attack, mix_clean and λ trained for several epochs (the labels: each model's minutes of "
                "training, the sum over its epochs, on the devices of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
     if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
         vs = verdicts(models, outs, prof['reference'])
