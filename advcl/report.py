@@ -12,9 +12,9 @@ from .run import read_analysis, read_outcomes, read_record
 from .stats import paired_difference
 
 # %% auto 0
-__all__ = ['FINISHED', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR', 'collect',
-           'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'accuracy_figure', 'curve_figure',
-           'verdict_figure', 'lambda_figure', 'budget_figure', 'write_report']
+__all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR',
+           'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'accuracy_figure',
+           'curve_figure', 'verdict_figure', 'lambda_figure', 'budget_figure', 'write_report']
 
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
@@ -27,8 +27,20 @@ def _record_fields(rec):
         row |= {f'autoattack_{stage}_acc': left / r['n'] for stage, left in r.get('robust_after', {}).items()}
     row |= {f'{phase}_seconds': v for phase, v in rec.seconds.items()}
     row['epoch_time'] = sum(h['seconds'] for h in rec.history)      # training's own seconds, over every resume
+    train = rec.seconds.get('train', 0)                               # a resumed run's train phase: only what it redid
+    row['train_time'] = max(train, row['epoch_time'])
+    row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
     env = rec.environment
     return row | dict(device=env['device_name'], torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
+
+HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 'amp', 'compile', 'channels_last')
+
+def setup_key(train) -> str:
+    "A short digest of a `TrainConfig` without its epochs, its seed and how it ran (paths, device): equal keys differ only in budget and seed."
+    import hashlib, json
+    from dataclasses import asdict
+    kept = {k: v for k, v in asdict(train).items() if k not in HOW_IT_RAN}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 def collect(profile:dict, out_root='reports'):
     "A DataFrame of every planned model run (failed and missing ones with their status); writes `results.csv`."
@@ -40,7 +52,7 @@ def collect(profile:dict, out_root='reports'):
         row = dict(run_id=run.run_id, name=run.name, role=run.role, seed=run.seed, paper=run.paper, status=run_status(run),
                    notebook=f'runs/{run.run_id}/run.ipynb', objective=t.objective, source=t.source,
                    attack=str(t.attack) if run.role == 'row' else None, lam=t.lam if t.objective == 'joint' else None,
-                   mix_clean=t.mix_clean, epochs=t.epochs)
+                   mix_clean=t.mix_clean, epochs=t.epochs, setup=setup_key(t))
         if row['status'] in FINISHED: row |= _record_fields(read_record(run.folder))
         elif row['status'] == 'failed': row['error'] = (run.folder/'error.json').read_text()[:300]
         rows.append(row)
@@ -69,7 +81,7 @@ def by_seed(outs:dict, name:str, evaluation:str):
     "{seed: (positions, correct)} of one model under one evaluation, for `paired_difference`."
     return {s: o[evaluation] for (n, s), o in outs.items() if n == name and evaluation in o}
 
-# %% ../nbs/11_report.ipynb 7
+# %% ../nbs/11_report.ipynb 9
 PAPER = {  # Landsman et al., Table 1 (accuracy: adversarial, clean) and Table 2 (loss: adversarial, clean); ImageNet-1k, ResNet-50
     'Clean': (0.0228, 0.8149, 6.9071, 6.5415),
     'PGD - CE Loss': (0.6912, 0.7222, 6.2583, 6.2300),
@@ -109,7 +121,7 @@ def table(df, columns:dict, paper_cols=None):
         lines.append('| ' + ' | '.join([name] + [_cell(g, c) for c in cols] + paper + [_seed_links(g)]) + ' |')
     return '\n'.join(lines)
 
-# %% ../nbs/11_report.ipynb 10
+# %% ../nbs/11_report.ipynb 12
 SUPCON = ('supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint', 'masked_distance')   # the objectives with a SupCon-like term
 WITHIN = 0.01             # "within one point" of the reference
 
@@ -149,7 +161,7 @@ def _verdict_lines(vs, reference):
                   "beside `PGD - CE Loss (online)`, the same training without the SupCon term, before crediting SupCon with it."]
     return lines
 
-# %% ../nbs/11_report.ipynb 12
+# %% ../nbs/11_report.ipynb 14
 SQUARE_CHECK = 0.002      # auto-attack's checks.check_square_sr: Square lowering robust accuracy by more than this
 CURVE_RISE = 0.02         # accuracy rising by more than this from one eps of the robustness curve to a larger one
 CURVE_FLOOR = 0.10        # accuracy at the end of a curve reaching 3 x eps above which it "does not fall towards 0"
@@ -186,7 +198,7 @@ def _strength_lines(models, outs, eps):
                     "No model shows evidence of gradient masking by these three checks; PGD's overestimates above are the "
                     "measure of how much weaker a fixed-step PGD is than AutoAttack."]
 
-# %% ../nbs/11_report.ipynb 15
+# %% ../nbs/11_report.ipynb 17
 def _pyplot():
     "matplotlib's pyplot on the file-only Agg backend (reports are drawn without a display)."
     import matplotlib; matplotlib.use('Agg')
@@ -244,10 +256,10 @@ def lambda_figure(models, path):
     return _save(fig, path)
 
 def budget_figure(models, path):
-    "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows of one objective, source, attack, mix_clean and λ trained for several epochs (mean ± SD over seeds)."
+    "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows of one `setup` trained for several epochs (mean ± SD over seeds)."
     import seaborn as sns
     rows = models[models.role == 'row']
-    groups = [g for _, g in rows.groupby(['objective', 'source', 'attack', 'mix_clean', 'lam'], dropna=False, sort=False) if g['epochs'].nunique() > 1]
+    groups = [g for _, g in rows.groupby('setup', sort=False) if g['epochs'].nunique() > 1]
     if not groups: return None
     fig, axes = _pyplot().subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
     for ax, g in zip(axes[0], groups):
@@ -262,10 +274,10 @@ def budget_figure(models, path):
         ax.legend(fontsize=8)
     return _save(fig, path)
 
-# %% ../nbs/11_report.ipynb 19
+# %% ../nbs/11_report.ipynb 21
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
-    p, total = prof['per_class'], done.filter(like='_seconds').sum().sum() + sum(a['record'].seconds['analysis'] for a in ans)
+    p, total = prof['per_class'], done['compute_time'].sum() + sum(a['record'].seconds['analysis'] for a in ans)
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
             f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
             f"(`make report` for `quick`). Seeds: {sorted(done['seed'].unique().tolist())}. {len(done)} of {len(df)} runs finished"
@@ -273,7 +285,7 @@ def _header_lines(prof, df, done, ans):
             f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
             f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}",
             f"- data: {prof['train'].get('dataset')}, per class: {p.get('train') or 'all'} training images, {p.get('test') or 'all'} test images "
-            f"(AutoAttack: {p.get('autoattack') or 'all'} of them); model `{prof['train'].get('arch')}` {prof['train'].get('arch_kwargs') or ''}",
+            f"(AutoAttack: {p.get('autoattack') or 'all'} per class); model `{prof['train'].get('arch')}` {prof['train'].get('arch_kwargs') or ''}",
             f"- threat model: {prof['threat']['norm']} eps {prof['threat']['eps']:g}", '',
             "Rows are named as in the paper, `[attack used in training] - [training loss]`. In the tables each cell is the mean over seeds "
             "± the sample standard deviation over seeds (the spread between training runs, not a confidence interval), and links to the "
@@ -322,13 +334,13 @@ def _runs_lines(df, ans):
     "Every run: its status, time, device and commit."
     val = lambda r, k: getattr(r, k, None) if getattr(r, k, None) == getattr(r, k, None) else None     # NaN: none
     sec = lambda r, k: '—' if val(r, k) is None else f"{val(r, k):.0f}"
-    lines = ['| run | status | train s | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
-    lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_seconds')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
+    lines = ['| run | status | train s (all epochs) | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
+    lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
               f"| {val(r, 'device') or ''} | {val(r, 'git_commit') or ''} |" for r in df.itertuples()]
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
                     f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans]
 
-# %% ../nbs/11_report.ipynb 21
+# %% ../nbs/11_report.ipynb 23
 def _results_lines(prof, models, outs, folder):
     "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
     paper, beyond, md = models[models.paper], models[~models.paper], []
