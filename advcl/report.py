@@ -31,7 +31,8 @@ def _record_fields(rec):
     row['train_time'] = max(train, row['epoch_time'])
     row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
     env = rec.environment
-    return row | dict(device=env['device_name'], torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
+    return row | dict(device=env['device_name'], threads=env.get('cpu_threads') if env.get('device_kind') == 'cpu' else None,
+                      torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
 
 HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 'amp', 'compile', 'channels_last')
 
@@ -334,9 +335,10 @@ def _runs_lines(df, ans):
     "Every run: its status, time, device and commit."
     val = lambda r, k: getattr(r, k, None) if getattr(r, k, None) == getattr(r, k, None) else None     # NaN: none
     sec = lambda r, k: '—' if val(r, k) is None else f"{val(r, k):.0f}"
+    device = lambda r: (val(r, 'device') or '') + (f", {val(r, 'threads'):.0f} threads" if val(r, 'threads') else '')
     lines = ['| run | status | train s (all epochs) | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
     lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
-              f"| {val(r, 'device') or ''} | {val(r, 'git_commit') or ''} |" for r in df.itertuples()]
+              f"| {device(r)} | {val(r, 'git_commit') or ''} |" for r in df.itertuples()]
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
                     f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans]
 
@@ -349,8 +351,8 @@ def _results_lines(prof, models, outs, folder):
            "Compare the paper's losses with our softmax loss (the cross-entropy of the softmax outputs), not with our cross-entropy.", '']
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
     if budget_figure(models, folder/'figures'/'budget.png'):
-        md += ["Accuracy against the training budget, for rows of one objective, source, attack, mix_clean and λ trained for several epochs (the labels: each model's minutes of "
-               "training, the sum over its epochs, on the devices of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
+        md += ["Accuracy against the training budget, for rows of one training set-up (every setting but the epochs, the seed and paths) trained for several epochs (the labels: each model's minutes of "
+               "training, the sum over its epochs, on the devices and threads of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
     if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
         vs = verdicts(models, outs, prof['reference'])
         md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference']) + ['']
