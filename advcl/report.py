@@ -335,12 +335,15 @@ def _runs_lines(df, ans):
     "Every run: its status, time, device and commit."
     val = lambda r, k: getattr(r, k, None) if getattr(r, k, None) == getattr(r, k, None) else None     # NaN: none
     sec = lambda r, k: '—' if val(r, k) is None else f"{val(r, k):.0f}"
-    device = lambda r: (val(r, 'device') or '') + (f", {val(r, 'threads'):.0f} threads" if val(r, 'threads') else '')
+    threads = lambda n: f", {n:.0f} thread{'s' * (n != 1)}" if n else ''
+    device = lambda r: (val(r, 'device') or '') + threads(val(r, 'threads'))
     lines = ['| run | status | train s (all epochs) | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
     lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
               f"| {device(r)} | {val(r, 'git_commit') or ''} |" for r in df.itertuples()]
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
-                    f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans]
+                    f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans] + [
+                    '', "Device, threads and commit are those of the process that finished a run; a resumed run may have trained "
+                    "its earlier epochs under others."]
 
 # %% ../nbs/11_report.ipynb 23
 def _results_lines(prof, models, outs, folder):
