@@ -27,6 +27,8 @@ def _record_fields(rec):
         row |= {f'autoattack_{stage}_acc': left / r['n'] for stage, left in r.get('robust_after', {}).items()}
     row |= {f'{phase}_seconds': v for phase, v in rec.seconds.items()}
     row['epoch_time'] = sum(h['seconds'] for h in rec.history)      # training's own seconds, over every resume
+    threads = {h.get('threads') for h in rec.history}
+    row['train_threads'] = threads.pop() if len(threads) == 1 else None   # None: a GPU, mixed, or a history without them
     train = rec.seconds.get('train', 0)                               # a resumed run's train phase: only what it redid
     row['train_time'] = max(train, row['epoch_time'])
     row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
@@ -256,6 +258,11 @@ def lambda_figure(models, path):
     ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy', ylim=(0, 1))
     return _save(fig, path)
 
+def _minutes(runs):
+    "A label for the mean training time of `runs`, with their CPU threads where every run's history names the same."
+    t = runs['train_threads'].unique()
+    return f"{runs['epoch_time'].mean() / 60:.1f} min" + (f", {t[0]:.0f} thr" if len(t) == 1 and t[0] == t[0] and t[0] is not None else '')
+
 def budget_figure(models, path):
     "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows of one `setup` trained for several epochs (mean ± SD over seeds)."
     import seaborn as sns
@@ -268,7 +275,7 @@ def budget_figure(models, path):
                       var_name='evaluation', value_name='accuracy')
         long['evaluation'] = long['evaluation'].map(ACCURACY)
         sns.lineplot(long, x='epochs', y='accuracy', hue='evaluation', marker='o', errorbar='sd', ax=ax)
-        for e, s in g.groupby('epochs')['epoch_time'].mean().items(): ax.annotate(f'{s / 60:.1f} min', (e, 0.02), ha='center', fontsize=7)
+        for e, r in g.groupby('epochs'): ax.annotate(_minutes(r), (e, 0.02), ha='center', fontsize=7)
         ax.set(xscale='log', ylim=(0, 1), ylabel='test accuracy',
                xlabel=f"epochs of training: {g['objective'].iloc[0]}, {g['attack'].iloc[0]} ({g['source'].iloc[0]})")
         ax.minorticks_off(); ax.set_xticks(epochs := sorted(g['epochs'].unique()), [str(e) for e in epochs])
@@ -355,7 +362,7 @@ def _results_lines(prof, models, outs, folder):
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
     if budget_figure(models, folder/'figures'/'budget.png'):
         md += ["Accuracy against the training budget, for rows of one training set-up (every setting but the epochs, the seed and paths) trained for several epochs (the labels: each model's minutes of "
-               "training, the sum over its epochs, on the devices and threads of the runs table):", '', '![Accuracy against epochs](figures/budget.png)', '']
+               "training, the sum over its epochs, and its CPU threads where its history records them):", '', '![Accuracy against epochs](figures/budget.png)', '']
     if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
         vs = verdicts(models, outs, prof['reference'])
         md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference']) + ['']

@@ -275,7 +275,8 @@ def _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progres
                 train_clean_acc=sums['clean_correct'] / sums['n'] if _has_clean(stage, run.cfg) else None,
                 train_adv_acc=sums['adv_correct'] / sums['n'] if stage.adversarial else None,
                 val_clean_acc=accuracy(run.clf, val, device=run.device) if val is not None and run.rank == 0 else None,
-                lr=lr, images_per_s=sums['n'] / seconds, seconds=seconds)
+                lr=lr, images_per_s=sums['n'] / seconds, seconds=seconds,
+                threads=torch.get_num_threads() if run.device.type == 'cpu' else None)   # what the seconds were measured with
 
 # %% ../nbs/06_train.ipynb 20
 def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and model.pt go
