@@ -90,9 +90,11 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tmp_path):
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (tmp_path/'killed'/'model.pt').exists()
     assert len(log.read_text().splitlines()) == 1
+    resumed_from = 'a checkpoint' if (tmp_path/'killed'/'checkpoint.pt').exists() else 'scratch (killed before the checkpoint)'
     again = _run_cli(tmp_path/'killed', RESUME); assert again.wait(600) == 0, again.stdout.read()
     a, b = _weights(tmp_path/'full'/'model.pt'), _weights(tmp_path/'killed'/'model.pt')
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    differ = {k: (a[k].double() - b[k].double()).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, f"resumed run (from {resumed_from}) differs from the uninterrupted one: largest differences {sorted(differ.items(), key=lambda kv: -kv[1])[:3]}"
     hist = _history(tmp_path/'killed')
     assert [h['epoch'] for h in hist] == [0, 1, 2] and [h['stage'] for h in hist] == ['supcon', 'supcon', 'ce']
 
