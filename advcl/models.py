@@ -8,7 +8,6 @@ import hashlib, json
 from contextlib import contextmanager
 from pathlib import Path
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -91,12 +90,17 @@ def madry_cnn(in_chans:int=1, width:int=32, hidden:int=1024, norm:str|None=None,
 SMALL_ARCHS = {'small_cnn': small_cnn, 'resnet_small': resnet_small, 'madry_cnn': madry_cnn}
 
 # %% ../nbs/02_models.ipynb 9
+def _is_timm_model(arch):
+    import timm
+    return timm.is_model(arch)
+
 def _timm_backbone(arch, num_classes, in_chans, pretrained, pretrained_file, **kwargs):
     opts = dict(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if pretrained_file is not None:
         if not Path(pretrained_file).is_file(): raise FileNotFoundError(f"pretrained_file={pretrained_file} does not exist.")
         opts.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_file)))
     else: opts['pretrained'] = pretrained
+    import timm                     # here, not at the top: timm's import costs about 2 s a process, and the small models never need it
     try: net = timm.create_model(arch, **opts)
     except Exception as e:
         if not opts['pretrained']: raise
@@ -123,7 +127,7 @@ def create_classifier(arch:str='small_cnn', # a name in `SMALL_ARCHS`, or a timm
         if pretrained or pretrained_file: raise ValueError(f"{arch!r} has no pre-trained weights; use pretrained=False.")
         backbone, nf = SMALL_ARCHS[arch](in_chans, **kwargs)
         head = nn.Linear(nf, num_classes)
-    elif timm.is_model(arch):
+    elif _is_timm_model(arch):
         backbone, head, norm = _timm_backbone(arch, num_classes, in_chans, pretrained, pretrained_file, **kwargs)
         if norm and len(norm[0]) == in_chans: mean, std = norm  # pre-trained weights expect their own statistics
         if not isinstance(head, nn.Linear): raise ValueError(f"timm model {arch!r} has no linear head; pick another architecture.")
@@ -185,6 +189,7 @@ def dinov2_small(pretrained:bool=True, # the published weights (needs the hub, o
                  size:int=224): # input side, a multiple of 14; smaller images are upsampled
     "The paper's proxy: DINOv2-small through timm, taking images in [0,1] of any size and 1 or 3 channels."
     if size % 14: raise ValueError(f"size={size} must be a multiple of DINOv2's 14-pixel patch (e.g. 224).")
+    import timm
     try: vit = timm.create_model('vit_small_patch14_dinov2', pretrained=pretrained, num_classes=0, img_size=size)
     except Exception as e:
         if not pretrained: raise
