@@ -41,8 +41,7 @@ HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 
 def setup_key(train) -> str:
     "A short digest of a `TrainConfig` without its epochs, its seed and how it ran (paths, device): equal keys differ only in budget and seed."
     import hashlib, json
-    from dataclasses import asdict
-    kept = {k: v for k, v in asdict(train).items() if k not in HOW_IT_RAN}
+    kept = {k: v for k, v in train.to_dict().items() if k not in HOW_IT_RAN}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 def collect(profile:dict, out_root='reports'):
@@ -260,8 +259,8 @@ def lambda_figure(models, path):
 
 def _minutes(runs):
     "A label for the mean training time of `runs`, with their CPU threads where every run's history names the same."
-    t = runs['train_threads'].unique()
-    return f"{runs['epoch_time'].mean() / 60:.1f} min" + (f", {t[0]:.0f} thr" if len(t) == 1 and t[0] == t[0] and t[0] is not None else '')
+    t = runs['train_threads']
+    return f"{runs['epoch_time'].mean() / 60:.1f} min" + (f", {t.iloc[0]:.0f} thr" if t.notna().all() and t.nunique() == 1 else '')
 
 def budget_figure(models, path):
     "Clean, PGD and AutoAttack accuracy against the epochs of training, for rows of one `setup` trained for several epochs (mean ± SD over seeds)."
