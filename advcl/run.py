@@ -105,12 +105,13 @@ def train_pool_folder(attack:Attack, seed:int):
     "Where the training pool of `attack` for seed `seed` goes, relative to the report folder."
     return f"pools/train-{slug(str(attack))}-seed{seed}"
 
-def shared_pool(folder, data, attack:Attack, seed:int, device, model=None, embedder=None, name:str|None=None):
+def shared_pool(folder, data, attack:Attack, seed:int, device, model=None, embedder=None, name:str|None=None,
+                amp:bool|None=None): # bf16 autocast (None: on a GPU); evaluation pools pass False
     "The pool of `attack` on `data` in `folder`, made there once (resuming, and remade when stale) for every run that asks."
     x, y = data
     source = model_source(model if model is not None else embedder, name)           # keyed by the attacked weights
     return generate_pool(folder, x, y, attack, model=model, embedder=embedder, source=source, seed=seed, device=device,
-                         progress=False, remake_stale=True)
+                         amp=amp, progress=False, remake_stale=True)
 
 # %% ../nbs/09_run.ipynb 12
 def _classifier(path, device):
@@ -128,10 +129,12 @@ def _test_pools(s:RunSettings, cfg:TrainConfig, root, test, proxy, baseline, dev
     if s.role == 'proxy' or not isinstance(test, tuple): return out
     folder = lambda a: Path(root)/f'pools/test-{slug(str(a))}-{"proxy" if a.kind == "sc" else "baseline"}-seed{s.seed}'
     if 'sc' in ev.attacks and cfg.proxy:
-        out['sc'] = shared_pool(folder(ev.attacks['sc']), test, ev.attacks['sc'], s.seed, device, embedder=proxy(), name='proxy').x_adv
+        out['sc'] = shared_pool(folder(ev.attacks['sc']), test, ev.attacks['sc'], s.seed, device, embedder=proxy(), name='proxy',
+                                amp=False).x_adv
     if 'pgd' in ev.attacks and ev.transfer and baseline:
         pgd = ev.attacks['pgd']
-        out['pgd_baseline'] = shared_pool(folder(pgd), test, pgd, s.seed, device, model=_classifier(baseline, device), name='baseline').x_adv
+        out['pgd_baseline'] = shared_pool(folder(pgd), test, pgd, s.seed, device, model=_classifier(baseline, device), name='baseline',
+                                         amp=False).x_adv
     return out
 
 # %% ../nbs/09_run.ipynb 14
@@ -142,10 +145,11 @@ def _evaluations(s:RunSettings, model, sets, precomputed, proxy, device):
     if 'pgd_baseline' in precomputed: attacks['pgd_baseline'] = ev.attacks['pgd']
     embedder = proxy() if any(a.kind == 'sc' and k not in precomputed for k, a in attacks.items()) else None
     results = evaluate(model, sets['test'][0], attacks, embedder=embedder, precomputed=precomputed, batch_size=ev.batch_size,
-                       seed=s.seed, device=device)
+                       seed=s.seed, device=device, amp=False)
     seconds['evaluate'], t0 = time.time() - t0, time.time()
     curve = [] if s.role == 'proxy' else robustness_curve(model, sets['curve'][0], ev.curve_eps, steps=ev.curve_steps,
-                                                          norm=s.threat.norm, batch_size=ev.batch_size, seed=s.seed, device=device)
+                                                          norm=s.threat.norm, batch_size=ev.batch_size, seed=s.seed, device=device,
+                                                          amp=False)
     seconds['curve'], t0 = time.time() - t0, time.time()
     if ev.autoattack and s.role != 'proxy' and isinstance(sets['autoattack'][0], tuple):
         results['autoattack'] = evaluate_autoattack(model, sets['autoattack'][0], eps=s.threat.eps, norm=s.threat.norm, seed=s.seed,

@@ -1,37 +1,67 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA machine (see DEVELOPERS.md, "On a CUDA machine"), for one without network access.
-# Not yet run on a GPU (only its install step was tried, on a local Python 3.12): expect to fix it on first use.
-# Run tools/gpu_prepare.sh first and copy .whl/ and data/ with the working tree; then, there:
+# Run tools/gpu_prepare.sh first and copy .whl/ and data/fashion-mnist/ with the working tree; then, there:
 #   tools/gpu_checks.sh checks            the `#| cuda` notebook cells (03_attacks, 06_train)       ~2 min
 #   tools/gpu_checks.sh bench             benchmarks/throughput.py: small_cnn and ResNet-50           ~5 min
-#   tools/gpu_checks.sh full SEED...      the full profile for these seeds (resumes from $OUT's tar)   one seed a call
-# Everything it makes goes to $OUT, else ./gpu-out.
+#   tools/gpu_checks.sh full SECONDS SEED... [-- DRIVER OPTIONS]
+#                                         the cuda cells beside the full profile's runs of these seeds, for at most
+#                                         SECONDS (0: no limit), then its report (resumes from data/full-records.tar.gz)
+# Everything it makes goes to $OUT, else ./gpu-out. ADVCL_PYTHON=path/to/python skips the wheel install (a dry run here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD ADVCL_DATA=$PWD/data/fashion-mnist PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
-nvidia-smi -L
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-advcl() { python3 -c "import sys; from advcl.experiments import main; sys.argv[0] = 'advcl-experiments'; main()" "$@"; }
+PY=${ADVCL_PYTHON:-python3}
+if [ -z "${ADVCL_PYTHON:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+fi
+export ADVCL_DATA=$PWD/data/fashion-mnist PYTHONUNBUFFERED=1
+nvidia-smi -L 2>/dev/null
+"$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+advcl() { "$PY" -c "import sys; from advcl.experiments import main; sys.argv[0] = 'advcl-experiments'; main()" "$@"; }
+checks() {
+  for nb in 03_attacks 06_train; do
+    ( time nbdev_test --path nbs/$nb.ipynb --flags cuda --do_print ) > "$OUT/checks-$nb.log" 2>&1
+    echo "checks $nb: exit $? (log $OUT/checks-$nb.log)"
+  done
+}
 what=${1:-checks}; shift || true
 case "$what" in
-  checks)
-    for nb in 03_attacks 06_train; do
-      ( time nbdev_test --path nbs/$nb.ipynb --flags cuda --do_print ) 2>&1 | tee "$OUT/checks-$nb.log"
-    done ;;
+  checks) checks ;;
   bench)
-    python3 benchmarks/throughput.py --batch-size 4096 --warmup 5 --iters 30 --out "$OUT/throughput-small_cnn-cuda.json"
-    python3 benchmarks/throughput.py --arch resnet50 --dataset imagenet --batch-size 256 --dtypes bf16 --channels-last 1 \
+    "$PY" benchmarks/throughput.py --batch-size 4096 --warmup 5 --iters 30 --out "$OUT/throughput-small_cnn-cuda.json"
+    "$PY" benchmarks/throughput.py --arch resnet50 --dataset imagenet --batch-size 256 --dtypes bf16 --channels-last 1 \
       --compile 0 1 --warmup 5 --iters 20 --out "$OUT/throughput-resnet50-cuda.json" ;;
   full)
-    # A previous call's runs are in $OUT/full.tar.gz; put it at data/full.tar.gz to go on from them.
-    [ -f data/full.tar.gz ] && tar -xzf data/full.tar.gz
-    ( time advcl run --profile full --seeds "$@" ) 2>&1 | tee "$OUT/full-run.log"
-    advcl report --profile full 2>&1 | tail -3
-    # Back: records, notebooks and the report, and the weights later rows start from (proxy, clean baseline).
-    find reports/full -name '*.pt' \( -name checkpoint.pt -o \( ! -path '*/proxy-s*' ! -path '*/clean-s*' \) \) > /tmp/skip
-    tar -czf "$OUT/full.tar.gz" -X /tmp/skip --exclude='reports/full/pools' --exclude='_stale' reports/full
+    limit=$1; shift; seeds=(); while [ $# -gt 0 ] && [ "$1" != -- ]; do seeds+=("$1"); shift; done; shift || true
+    [ -f data/full-records.tar.gz ] && tar -xzf data/full-records.tar.gz
+    OMP_NUM_THREADS=4 checks > "$OUT/checks.log" 2>&1 &
+    chk=$!
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$OUT/gpu-use.csv" 2>/dev/null &
+    smi=$!
+    t0=$(date +%s)
+    if [ "$limit" -gt 0 ]; then lim=(timeout -s INT -k 20 "$limit"); else lim=(); fi
+    ( time "${lim[@]}" "$PY" -c "import sys; from advcl.experiments import main; sys.argv[0] = 'advcl-experiments'; main()" \
+        run --profile full --seeds "${seeds[@]}" "$@" ) > "$OUT/full-run.log" 2>&1
+    echo "driver: exit $? after $(( $(date +%s) - t0 )) s"
+    pkill -f ipykernel_launcher; pkill -f distributed; sleep 2
+    for i in $(seq 30); do kill -0 $chk 2>/dev/null || break; sleep 2; done   # the checks get a minute more at most
+    pkill -f nbdev_test; wait $chk; kill $smi 2>/dev/null
+    cat "$OUT/checks.log"
+    advcl report --profile full "$@" 2>&1 | tail -2
+    advcl status --profile full --seeds "${seeds[@]}" "$@" 2>&1 | tee "$OUT/full-status.txt" | tail -1
+    # Back: the records, notebooks and report (not pools, checkpoints or the weights of rows), then the weights of finished
+    # runs in the plan's order while $OUT stays under 60 MiB and 8 files.
+    out=$(grep -o -- '--out [^ ]*' <<< "$*" | cut -d' ' -f2); root=${out:-reports}/full
+    find "$root" -name '*.pt' ! -path '*/proxy-s*' > /tmp/skip
+    tar -czf "$OUT/full-records.tar.gz" -X /tmp/skip --exclude="$root/pools" --exclude='_stale' "$root"
+    tar -czf "$OUT/logs.tar.gz" -C "$OUT" --remove-files $(cd "$OUT" && ls checks*.log full-run.log gpu-use.csv 2>/dev/null)
+    while read -r status id rest; do
+      m=$root/runs/$id/train/model.pt
+      [ "$status" = done ] && [ -f "$m" ] && [[ $id != proxy-* ]] || continue
+      used=$(du -sb "$OUT" | cut -f1); size=$(stat -c %s "$m")
+      [ $(( used + size )) -lt $(( 60 * 1024 * 1024 )) ] && [ "$(ls "$OUT" | wc -l)" -lt 8 ] && cp "$m" "$OUT/$id.pt"
+    done < "$OUT/full-status.txt"
     ls -la "$OUT" ;;
-  *) echo "unknown check '$what': use checks, bench or full SEED..." >&2; exit 2 ;;
+  *) echo "unknown check '$what': use checks, bench or full SECONDS SEED... [-- OPTIONS]" >&2; exit 2 ;;
 esac

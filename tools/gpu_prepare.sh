@@ -2,7 +2,7 @@
 # What a CUDA machine without network access needs from here (see DEVELOPERS.md, "On a CUDA machine"):
 #   .whl/               wheels for its Python 3.12: papermill, ipykernel, Dask distributed, nbdev 2 and their needs, torchattacks
 #   data/fashion-mnist/ the four Fashion-MNIST IDX files (from Debian's dataset-fashion-mnist)
-# Both folders are git-ignored; copy them to the machine with the working tree. About 50 MB together.
+# Both folders are git-ignored; copy them to the machine with the working tree. About 40 MB together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl
@@ -16,6 +16,7 @@ for p in attrs build certifi charset_normalizer click idna packaging psutil pygm
          tqdm typing_extensions urllib3 wheel python_dateutil pyproject_hooks jinja2 markupsafe tzdata; do
   rm -f .whl/${p}-*.whl
 done
+rm -f .whl/debugpy-*.whl .whl/jedi-*.whl .whl/parso-*.whl   # optional for a kernel papermill drives (debugger, completion): 10 MB less
 mkdir -p data/fashion-mnist
 src=${ADVCL_DATA:-/usr/share/datasets/fashion-mnist}
 cp "$src"/*-ubyte.gz data/fashion-mnist/ || { echo "Fashion-MNIST not in $src: make data first" >&2; exit 1; }
