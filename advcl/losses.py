@@ -117,8 +117,9 @@ def joint_objective(logits, features, labels, lam:float=1.0, **settings):
 
 def trades_objective(logits, features, labels, beta:float=6.0, **_):
     "TRADES: CE on the clean view (the first) + β · KL(p(clean) ‖ p(adversarial)), the adversarial view last."
-    clean, adv = logits[:, 0], logits[:, -1]
-    return F.cross_entropy(clean, labels) + beta * F.kl_div(F.log_softmax(adv, 1), F.softmax(clean, 1), reduction='batchmean')
+    clean, adv = logits[:, 0], logits[:, -1]                  # the KL from log-probabilities: a class whose p(clean) is 0
+    kl = F.kl_div(F.log_softmax(adv, 1), F.log_softmax(clean, 1), reduction='batchmean', log_target=True)  # has a finite gradient
+    return F.cross_entropy(clean, labels) + beta * kl
 
 def masked_distance_objective(logits, features, labels, margin:float|None=None, gather=_same, **_):
     "The paper's masked-distance loss (`masked_distance_loss`) over the views of the whole batch."
