@@ -271,6 +271,9 @@ def _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progres
         if progress and run.rank == 0 and k % 20 == 0: bar.set_postfix(loss=f'{loss.item():.3f}')
     sums = reduce_sums({key: v.item() for key, v in sums.items()}, run.device)
     seconds = time.perf_counter() - t0
+    if not math.isfinite(sums['loss']):
+        raise FloatingPointError(f"Training diverged in epoch {epoch + 1}/{total} ({stage.name}): the mean loss is {sums['loss']}. "
+                                 f"The checkpoint keeps the last finished epoch; lower the learning rate (this epoch's: {lr:g}).")
     return dict(epoch=epoch, stage=stage.name, loss=sums['loss'] / sums['n'],
                 train_clean_acc=sums['clean_correct'] / sums['n'] if _has_clean(stage, run.cfg) else None,
                 train_adv_acc=sums['adv_correct'] / sums['n'] if stage.adversarial else None,
@@ -295,7 +298,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         run.module.load_state_dict(state['module'])
         if run.source is not None: run.source.load_state_dict(state['source'])
     start, total = state['epoch'] + 1 if state else 0, sum(s.epochs for s in stages)
-    history = _read_history(log, start)
+    history = [r for r in state['history'] if r['epoch'] < start] if state and 'history' in state else _read_history(log, start)
     if rank == 0: log.write_text(''.join(json.dumps(r) + '\n' for r in history))
     attacked, opt = _compiled(run.clf, cfg.compile), None              # the model the online/refresh attacks run
     for epoch in range(start, total):
@@ -303,21 +306,23 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
         if opt is None or epoch == stage_start:
             wrapped, opt, sched = _stage_setup(run, stage, state if state and epoch == start != stage_start else None)
         history.append(row := _epoch(run, stage, epoch, total, wrapped, opt, sched, attacked, val, progress))
-        if rank == 0: _save_epoch(run, row, epoch, opt, sched, ckpt, log, progress, total)
+        if rank == 0: _save_epoch(run, history, epoch, opt, sched, ckpt, log, progress, total)
     set_trainable(run.module, 'all')
     if rank == 0:
         save_checkpoint(out_dir/'model.pt', run.clf, record=dict(config=cfg.to_dict(), history=history, environment=environment(device)))
     return run.clf, history
 
-def _save_epoch(run, row, epoch, opt, sched, ckpt, log, progress, total):
-    "Append the epoch's metrics to the log and checkpoint everything a resumed run needs."
+def _save_epoch(run, history, epoch, opt, sched, ckpt, log, progress, total):
+    "Append the epoch's metrics to the log and checkpoint everything a resumed run needs, its history too."
+    row = history[-1]
     with open(log, 'a') as f: f.write(json.dumps(row) + '\n')
     atomic_save(dict(module=run.module.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), epoch=epoch,
-                     config=run.cfg.to_dict(), source=run.source.state_dict() if run.source is not None else {}), ckpt)
+                     config=run.cfg.to_dict(), source=run.source.state_dict() if run.source is not None else {},
+                     history=history), ckpt)
     if progress: print(f"epoch {epoch + 1}/{total} {row['stage']}: " + ', '.join(f'{k} {v:.4g}' for k, v in row.items()
                        if isinstance(v, float) and k != 'seconds'))
 
-# %% ../nbs/06_train.ipynb 36
+# %% ../nbs/06_train.ipynb 38
 def _train_options(p):
     p.add_argument('--out', required=True, help="output folder: checkpoint.pt, metrics.jsonl, model.pt")
     p.add_argument('--config', help="a JSON file of TrainConfig settings")
