@@ -10,6 +10,7 @@ from pathlib import Path
 from .experiments import load_profile, plan_runs, run_status
 from .run import read_analysis, read_outcomes, read_record
 from .stats import paired_difference
+from .train import plan
 
 # %% auto 0
 __all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR',
@@ -19,7 +20,7 @@ __all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WIT
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
 
-def _record_fields(rec):
+def _record_fields(rec, epochs:int|None=None): # the epochs its training plan has (None: not checked)
     "The report's columns from one `RunRecord`."
     row = {}
     for k, r in rec.results.items():
@@ -30,7 +31,7 @@ def _record_fields(rec):
     threads = {h.get('threads') for h in rec.history}
     row['train_threads'] = threads.pop() if len(threads) == 1 else None   # None: a GPU, mixed, or a history without them
     train = rec.seconds.get('train', 0)                               # a resumed run's train phase: only what it redid
-    row['train_time'] = max(train, row['epoch_time'])
+    row['train_time'] = max(train, row['epoch_time']) if epochs is None or len(rec.history) >= epochs else math.nan
     row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
     env = rec.environment
     return row | dict(device=env['device_name'], threads=env.get('cpu_threads') if env.get('device_kind') == 'cpu' else None,
@@ -55,7 +56,7 @@ def collect(profile:dict, out_root='reports'):
                    notebook=f'runs/{run.run_id}/run.ipynb', objective=t.objective, source=t.source,
                    attack=str(t.attack) if run.role == 'row' else None, lam=t.lam if t.objective == 'joint' else None,
                    mix_clean=t.mix_clean, epochs=t.epochs, setup=setup_key(t))
-        if row['status'] in FINISHED: row |= _record_fields(read_record(run.folder))
+        if row['status'] in FINISHED: row |= _record_fields(read_record(run.folder), sum(s.epochs for s in plan(t)))
         elif row['status'] == 'failed': row['error'] = (run.folder/'error.json').read_text()[:300]
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -282,13 +283,18 @@ def budget_figure(models, path):
     return _save(fig, path)
 
 # %% ../nbs/11_report.ipynb 21
+def _unknown_time(done):
+    n = int(done['compute_time'].isna().sum())
+    return f" and the training of {n} run{'s' * (n != 1)} whose record lacks its epochs (— in the runs table)" if n else ''
+
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
     p, total = prof['per_class'], done['compute_time'].sum() + sum(a['record'].seconds['analysis'] for a in ans)
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
             f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
             f"(`make report` for `quick`). Seeds: {sorted(done['seed'].unique().tolist())}. {len(done)} of {len(df)} runs finished"
-            f"{f', and {len(ans)} analysis runs' if ans else ''}; their compute time adds up to {total / 60:.1f} minutes.", '',
+            f"{f', and {len(ans)} analysis runs' if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
+            f"{_unknown_time(done)}.", '',
             f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
             f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}",
             f"- data: {prof['train'].get('dataset')}, per class: {p.get('train') or 'all'} training images, {p.get('test') or 'all'} test images "
