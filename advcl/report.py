@@ -285,7 +285,7 @@ def budget_figure(models, path):
 # %% ../nbs/11_report.ipynb 21
 def _unknown_time(done):
     n = int(done['compute_time'].isna().sum())
-    return f" and the training of {n} run{'s' * (n != 1)} whose record lacks its epochs (— in the runs table)" if n else ''
+    return f", not counting the training of {n} run{'s' * (n != 1)} whose record lacks its epochs (— in the runs table)" if n else ''
 
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
