@@ -352,6 +352,7 @@ d = { 'settings': { 'branch': 'main',
                              'advcl.train.plan': ('train.html#plan', 'advcl/train.py'),
                              'advcl.train.set_trainable': ('train.html#set_trainable', 'advcl/train.py'),
                              'advcl.train.stage_at': ('train.html#stage_at', 'advcl/train.py'),
+                             'advcl.train.total_epochs': ('train.html#total_epochs', 'advcl/train.py'),
                              'advcl.train.train': ('train.html#train', 'advcl/train.py'),
                              'advcl.train.train_command': ('train.html#train_command', 'advcl/train.py'),
                              'advcl.train.train_step': ('train.html#train_step', 'advcl/train.py')}}}

@@ -49,7 +49,9 @@ def evaluate(model, # the classifier to evaluate (images in [0,1])
              attacks:dict|None=None, # name -> Attack, e.g. {'pgd': Attack('pgd', ...), 'sc': Attack('sc', ...)}
              embedder=None, # the proxy for SupCon attacks
              precomputed:dict|None=None, # name -> adversarial images aligned with `data` (tensors only), used instead of attacking
-             batch_size:int=500, seed:int=0, device='cpu', amp:bool|None=None, progress:bool=False):
+             batch_size:int=500, seed:int=0, device='cpu',
+             amp:bool=False, # bf16 autocast for the attacks; off by default: evaluation is measured in fp32, as AutoAttack is
+             progress:bool=False):
     "Clean and adversarial accuracy and mean cross-entropy of `model` on `data`, each image's outcome, seconds per attack."
     attacks, precomputed = attacks or {}, precomputed or {}
     if precomputed and not isinstance(data, tuple): raise ValueError("precomputed adversaries need tensor data, aligned with it.")
@@ -69,7 +71,7 @@ def evaluate(model, # the classifier to evaluate (images in [0,1])
 # %% ../nbs/07_evaluate.ipynb 15
 def robustness_curve(model, data, eps_list, # radii to evaluate, in [0,1] pixel units
                      steps:int=10, kind:str='pgd', norm:str='linf', embedder=None, batch_size:int=500, seed:int=0,
-                     device='cpu', amp:bool|None=None):
+                     device='cpu', amp:bool=False):
     "Accuracy under `kind` attacks of `steps` steps at each radius in `eps_list`: [{'eps', 'acc', 'loss'}, ...]."
     attacks = {f'eps={e:g}': Attack(kind, eps=e, steps=steps, norm=norm) for e in eps_list if e > 0}
     res = evaluate(model, data, attacks, embedder=embedder, batch_size=batch_size, seed=seed, device=device, amp=amp)

@@ -10,7 +10,7 @@ from pathlib import Path
 from .experiments import load_profile, plan_runs, run_status
 from .run import read_analysis, read_outcomes, read_record
 from .stats import paired_difference
-from .train import plan
+from .train import total_epochs
 
 # %% auto 0
 __all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR',
@@ -56,7 +56,7 @@ def collect(profile:dict, out_root='reports'):
                    notebook=f'runs/{run.run_id}/run.ipynb', objective=t.objective, source=t.source,
                    attack=str(t.attack) if run.role == 'row' else None, lam=t.lam if t.objective == 'joint' else None,
                    mix_clean=t.mix_clean, epochs=t.epochs, setup=setup_key(t))
-        if row['status'] in FINISHED: row |= _record_fields(read_record(run.folder), sum(s.epochs for s in plan(t)))
+        if row['status'] in FINISHED: row |= _record_fields(read_record(run.folder), total_epochs(t))
         elif row['status'] == 'failed': row['error'] = (run.folder/'error.json').read_text()[:300]
         rows.append(row)
     df = pd.DataFrame(rows)

@@ -145,11 +145,10 @@ def _evaluations(s:RunSettings, model, sets, precomputed, proxy, device):
     if 'pgd_baseline' in precomputed: attacks['pgd_baseline'] = ev.attacks['pgd']
     embedder = proxy() if any(a.kind == 'sc' and k not in precomputed for k, a in attacks.items()) else None
     results = evaluate(model, sets['test'][0], attacks, embedder=embedder, precomputed=precomputed, batch_size=ev.batch_size,
-                       seed=s.seed, device=device, amp=False)
+                       seed=s.seed, device=device)
     seconds['evaluate'], t0 = time.time() - t0, time.time()
     curve = [] if s.role == 'proxy' else robustness_curve(model, sets['curve'][0], ev.curve_eps, steps=ev.curve_steps,
-                                                          norm=s.threat.norm, batch_size=ev.batch_size, seed=s.seed, device=device,
-                                                          amp=False)
+                                                          norm=s.threat.norm, batch_size=ev.batch_size, seed=s.seed, device=device)
     seconds['curve'], t0 = time.time() - t0, time.time()
     if ev.autoattack and s.role != 'proxy' and isinstance(sets['autoattack'][0], tuple):
         results['autoattack'] = evaluate_autoattack(model, sets['autoattack'][0], eps=s.threat.eps, norm=s.threat.norm, seed=s.seed,

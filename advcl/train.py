@@ -24,8 +24,8 @@ from .distributed import gather, reduce_sums, setup_distributed
 from .sources import SOURCES, make_source
 
 # %% auto 0
-__all__ = ['TWO_STAGE', 'OBJECTIVES', 'COMPILE_MODES', 'TrainConfig', 'Stage', 'plan', 'stage_at', 'TrainModule', 'set_trainable',
-           'train_step', 'train', 'train_command']
+__all__ = ['TWO_STAGE', 'OBJECTIVES', 'COMPILE_MODES', 'TrainConfig', 'Stage', 'plan', 'total_epochs', 'stage_at', 'TrainModule',
+           'set_trainable', 'train_step', 'train', 'train_command']
 
 # %% ../nbs/06_train.ipynb 5
 TWO_STAGE = ('supcon_then_ce', 'supcon_retrained_head')
@@ -118,6 +118,10 @@ def plan(cfg:TrainConfig):
     supcon = Stage('supcon', 'backbone', cfg.epochs, cfg.lr, adv)
     if cfg.objective == 'supcon_then_ce': return [supcon, Stage('ce', 'all', cfg.finetune_epochs, cfg.finetune_lr, adv)]
     return [supcon, Stage('ce', 'head', cfg.finetune_epochs, cfg.finetune_lr, False)]      # supcon_retrained_head
+
+def total_epochs(cfg:TrainConfig) -> int:
+    "How many epochs `cfg` trains, over all its stages."
+    return sum(s.epochs for s in plan(cfg))
 
 def stage_at(stages, epoch:int):
     "The stage that epoch `epoch` (counted over the whole plan) belongs to, and the epoch its stage started at."
@@ -297,7 +301,7 @@ def train(cfg:TrainConfig, out_dir, # where checkpoint.pt, metrics.jsonl and mod
     if state:
         run.module.load_state_dict(state['module'])
         if run.source is not None: run.source.load_state_dict(state['source'])
-    start, total = state['epoch'] + 1 if state else 0, sum(s.epochs for s in stages)
+    start, total = state['epoch'] + 1 if state else 0, total_epochs(cfg)
     history = [r for r in state['history'] if r['epoch'] < start] if state and 'history' in state else _read_history(log, start)
     if rank == 0: log.write_text(''.join(json.dumps(r) + '\n' for r in history))
     attacked, opt = _compiled(run.clf, cfg.compile), None              # the model the online/refresh attacks run
