@@ -149,7 +149,7 @@ def _verdict_lines(vs, reference):
     n = vs[0]['autoattack'] if vs else None
     lines = [f"Reference: **{reference}**, named in the profile before any run. Each difference is the model's accuracy minus the "
              f"reference's on the same test images (AutoAttack: {n.n_images if n else '—'} images; clean: {vs[0]['clean'].n_images if vs else '—'}), "
-             f"averaged over {n.n_seeds if n else '—'} seeds, with a 95% confidence interval [low, high] from a paired bootstrap over "
+             f"averaged over {n.n_seeds if n else '—'} seed{'s' * (not n or n.n_seeds != 1)}, with a 95% confidence interval [low, high] from a paired bootstrap over "
              "images and seeds. Better or worse only where the interval excludes zero. 'Reaches' the reference: both lower ends above "
              "−0.01 (not more than one point below it on either); 'no': an interval wholly below −0.01.", '',
              '| Model | objective | AutoAttack − reference | | clean − reference | | reaches the reference? |', '|---|---|---|---|---|---|---|']
@@ -293,7 +293,7 @@ def _header_lines(prof, df, done, ans):
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
             f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
             f"(`make report` for `quick`). Seeds: {sorted(done['seed'].unique().tolist())}. {len(done)} of {len(df)} runs finished"
-            f"{f', and {len(ans)} analysis runs' if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
+            f"{f', and {len(ans)} analysis run' + 's' * (len(ans) != 1) if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
             f"{_unknown_time(done)}.", '',
             f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
             f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}",
