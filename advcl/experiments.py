@@ -141,10 +141,11 @@ def _analysis_run(p, seed, runs, root):
     return Run(f'analysis-s{seed}', 'Analysis', 'analysis', seed, settings, root/'runs'/f'analysis-s{seed}', [r.run_id for r in models], False)
 
 def plan_runs(profile:dict, out_root='reports', seeds=None, only=None):
-    "The runs of `profile` for `seeds` (default: the profile's), each after the runs it needs; `only` keeps these rows (and what they need)."
+    "The runs of `profile` for `seeds` (default: the profile's), each after the runs it needs; `only` keeps these rows, what they need, and the rows already done (skipped, and in the seed's analysis)."
     root, runs = Path(out_root)/profile['name'], []
+    keep = lambda r: not only or r.name in only or r.role in ('proxy', 'baseline') or run_status(r) == 'done'  # done rows: skipped, analysed
     for seed in seeds if seeds is not None else profile['seeds']:
-        mine = [r for r in _seed_runs(profile, seed, root) if not only or r.name in only or r.role in ('proxy', 'baseline')]
+        mine = [r for r in _seed_runs(profile, seed, root) if keep(r)]
         runs += mine + ([_analysis_run(profile, seed, mine, root)] if 'analysis' in profile else [])
     return runs
 
@@ -322,7 +323,7 @@ def _experiment_options(p):
     p.add_argument('--profile', default='quick', help="a profile in profiles/ (quick, budget, full, imagenet) or a path to a profile JSON")
     p.add_argument('--out', default='reports', help="reports go to OUT/<profile>/")
     p.add_argument('--seeds', type=int, nargs='*', default=None, help="the seeds to run (default: the profile's)")
-    p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too)")
+    p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too; the seed's analysis covers them and the rows already done)")
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                    help="settings for every run: a TrainConfig setting (data_root=/data), or block.key (per_class.test=50)")
     p.add_argument('--workers', type=int, default=None,

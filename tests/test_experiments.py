@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from advcl.data import make_tiny_imagefolder
-from advcl.experiments import find_file, load_profile
+from advcl.experiments import find_file, load_profile, plan_runs
 from conftest import BIN, REPO, run
 
 SMOKE = {"name": "smoke", "description": "two rows, a broken one and a proxy", "seeds": [0], "reference": "PGD - SupCon Loss",
@@ -69,6 +69,9 @@ def test_driver_resumes_records_failures_and_reports(tmp_path):
     an = json.loads((runs/'analysis-s0'/'metrics.json').read_text())
     assert set(an['transfer']) == set(an['embedding']) == {'Clean', 'PGD - SupCon Loss'} and an['n_test'] == 50
     assert 0 <= an['transfer']['Clean']['PGD - SupCon Loss'] <= 1 and (runs/'analysis-s0'/'projection.png').exists()
+    later = plan_runs(load_profile(profile), tmp_path/'out', only=['Broken'])    # another --only keeps the rows done in the analysis
+    assert [r.run_id for r in later] == ['proxy-s0', 'clean-s0', 'pgd-supcon-loss-s0', 'broken-s0', 'analysis-s0']
+    assert later[-1].needs == ['clean-s0', 'pgd-supcon-loss-s0', 'broken-s0']
 
     run([BIN/'advcl-experiments', 'report', '--profile', profile, '--out', tmp_path/'out'])
     folder = tmp_path/'out'/'smoke'
