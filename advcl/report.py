@@ -144,12 +144,16 @@ def verdicts(models, outs, reference:str):
                         reaches=_reaches(aa, clean)))
     return out
 
+def _count(n, noun:str):
+    "`n` `noun`, plural unless `n` is 1: '1 seed', '3 seeds', '2 threads'."
+    return f"{n:g} {noun}{'s' * (n != 1)}"
+
 def _verdict_lines(vs, reference):
     "The verdict section: the rule, one line per model, and the answer."
     n = vs[0]['autoattack'] if vs else None
     lines = [f"Reference: **{reference}**, named in the profile before any run. Each difference is the model's accuracy minus the "
              f"reference's on the same test images (AutoAttack: {n.n_images if n else '—'} images; clean: {vs[0]['clean'].n_images if vs else '—'}), "
-             f"averaged over {n.n_seeds if n else '—'} seed{'s' * (not n or n.n_seeds != 1)}, with a 95% confidence interval [low, high] from a paired bootstrap over "
+             f"averaged over {_count(n.n_seeds, 'seed') if n else '— seeds'}, with a 95% confidence interval [low, high] from a paired bootstrap over "
              "images and seeds. Better or worse only where the interval excludes zero. 'Reaches' the reference: both lower ends above "
              "−0.01 (not more than one point below it on either); 'no': an interval wholly below −0.01.", '',
              '| Model | objective | AutoAttack − reference | | clean − reference | | reaches the reference? |', '|---|---|---|---|---|---|---|']
@@ -285,7 +289,7 @@ def budget_figure(models, path):
 # %% ../nbs/11_report.ipynb 21
 def _unknown_time(done):
     n = int(done['compute_time'].isna().sum())
-    return f", not counting the training of {n} run{'s' * (n != 1)} whose record lacks its epochs (— in the runs table)" if n else ''
+    return f", not counting the training of {_count(n, 'run')} whose record lacks its epochs (— in the runs table)" if n else ''
 
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
@@ -293,7 +297,7 @@ def _header_lines(prof, df, done, ans):
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
             f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
             f"(`make report` for `quick`). Seeds: {sorted(done['seed'].unique().tolist())}. {len(done)} of {len(df)} runs finished"
-            f"{f', and {len(ans)} analysis run' + 's' * (len(ans) != 1) if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
+            f"{', and ' + _count(len(ans), 'analysis run') if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
             f"{_unknown_time(done)}.", '',
             f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
             f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}",
@@ -347,7 +351,7 @@ def _runs_lines(df, ans):
     "Every run: its status, time, device and commit."
     val = lambda r, k: getattr(r, k, None) if getattr(r, k, None) == getattr(r, k, None) else None     # NaN: none
     sec = lambda r, k: '—' if val(r, k) is None else f"{val(r, k):.0f}"
-    threads = lambda n: f", {n:.0f} thread{'s' * (n != 1)}" if n else ''
+    threads = lambda n: f", {_count(n, 'thread')}" if n else ''
     device = lambda r: (val(r, 'device') or '') + threads(val(r, 'threads'))
     lines = ['| run | status | train s (all epochs) | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
     lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
