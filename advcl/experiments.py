@@ -23,7 +23,7 @@ __all__ = ['PROFILE_KEYS', 'ROW_KEYS', 'PLANNED', 'find_file', 'apply_sets', 'lo
            'main']
 
 # %% ../nbs/10_experiments.ipynb 5
-PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'analysis')
+PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'control', 'analysis')
 ROW_KEYS = ('name', 'role', 'paper')        # a row's own keys; every other key is a TrainConfig setting
 
 def _repo_dirs():
@@ -61,7 +61,8 @@ def load_profile(profile:str|Path, # a name in profiles/ ('quick', 'budget', 'fu
     names = [r['name'] for r in p['rows']]
     if len(set(names)) != len(names): raise SettingsError(f"Profile {path} names a row twice.")
     if [r.get('role', 'row') for r in p['rows']].count('baseline') != 1: raise SettingsError(f"Profile {path} needs exactly one row with role 'baseline'.")
-    if p.get('reference') not in (None, *names): raise SettingsError(f"Profile {path}: reference {p['reference']!r} is not one of its rows.")
+    for key in ('reference', 'control'):
+        if p.get(key) not in (None, *names): raise SettingsError(f"Profile {path}: {key} {p[key]!r} is not one of its rows.")
     for r in p['rows']:
         if r.get('role', 'row') == 'row' and not {'attack', 'objective', 'source'} <= set(r):
             raise SettingsError(f"Row {r['name']!r} of {path} needs attack, objective and source.")

@@ -14,8 +14,8 @@ from .train import total_epochs
 
 # %% auto 0
 __all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR',
-           'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'accuracy_figure',
-           'curve_figure', 'verdict_figure', 'lambda_figure', 'budget_figure', 'write_report']
+           'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'against_control',
+           'accuracy_figure', 'curve_figure', 'verdict_figure', 'lambda_figure', 'budget_figure', 'write_report']
 
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
@@ -163,12 +163,34 @@ def _verdict_lines(vs, reference):
     answer = 'Yes' if groups['yes'] else 'Undetermined' if groups['undetermined'] else 'No' if groups['no'] else 'No SupCon variant was run'
     lines += ['', f"**Does a SupCon variant reach the reference? {answer}.** " +
               ' '.join(f"{k.capitalize()} for {', '.join(n)}." for k, n in groups.items() if n)]
-    if any(v['objective'] == 'joint' for v in vs):
-        lines += ['', "The joint objective becomes plain adversarial training on clean and adversarial views as λ → 0: set a small λ "
-                  "beside `PGD - CE Loss (online)`, the same training without the SupCon term, before crediting SupCon with it."]
     return lines
 
 # %% ../nbs/11_report.ipynb 14
+def against_control(models, outs, control:str):
+    "The SupCon variants trained as `control` is (same attack, adversary source and epochs) against it, paired as `verdicts`."
+    c = models[models.name == control].iloc[0]
+    same = models.objective.isin(SUPCON) & (models.source == c.source) & (models.attack == c.attack) & (models.epochs == c.epochs)
+    return verdicts(models[same | (models.name == control)], outs, control)
+
+def _control_lines(vs, control):
+    "The control section: the rule, one line per SupCon variant, and what the intervals say."
+    lines = [f"Control: **{control}**, named in the profile before any run: the same training as the SupCon variants below (attack, "
+             "where the adversaries come from, epochs, initialisation) with cross-entropy alone: the joint objective adds the SupCon term to it, "
+             "the SupCon rows put it in cross-entropy's place. Each difference is the variant's accuracy minus "
+             "the control's on the same test images, with its 95% paired bootstrap interval, as in the verdicts.", '',
+             '| Model | objective | AutoAttack − control | | clean − control | |', '|---|---|---|---|---|---|']
+    lines += [f"| {v['name']} | `{v['objective']}` | {v['autoattack']} | {v['autoattack'].verdict} | {v['clean']} | {v['clean'].verdict} |" for v in vs]
+    said = {k: [v['name'] for v in vs if v['autoattack'].verdict == k] for k in ('better', 'worse', 'undetermined')}
+    return lines + ['', 'Under AutoAttack, against the control: ' + '; '.join(f"{k} for {', '.join(n)}" for k, n in said.items() if n) + '.']
+
+def _device_note(models, names, other:str):
+    "A line naming the models of `names` that finished on another device than `other`, or none."
+    dev = lambda n: ', '.join(sorted(set(models.loc[models.name == n, 'device'].dropna())))
+    odd = [n for n in names if dev(n) != dev(other)]
+    return ['', f"Finished on another device than {other} ({dev(other)}): " + ', '.join(f"{n} ({dev(n)})" for n in odd) +
+            "; their differences include any effect of the device."] if odd else []
+
+# %% ../nbs/11_report.ipynb 18
 SQUARE_CHECK = 0.002      # auto-attack's checks.check_square_sr: Square lowering robust accuracy by more than this
 CURVE_RISE = 0.02         # accuracy rising by more than this from one eps of the robustness curve to a larger one
 CURVE_FLOOR = 0.10        # accuracy at the end of a curve reaching 3 x eps above which it "does not fall towards 0"
@@ -205,7 +227,7 @@ def _strength_lines(models, outs, eps):
                     "No model shows evidence of gradient masking by these three checks; PGD's overestimates above are the "
                     "measure of how much weaker a fixed-step PGD is than AutoAttack."]
 
-# %% ../nbs/11_report.ipynb 17
+# %% ../nbs/11_report.ipynb 21
 def _pyplot():
     "matplotlib's pyplot on the file-only Agg backend (reports are drawn without a display)."
     import matplotlib; matplotlib.use('Agg')
@@ -251,15 +273,19 @@ def verdict_figure(vs, reference, path):
     axes[0].set_yticks(range(len(vs)), [v['name'] for v in vs]); axes[0].invert_yaxis()
     return _save(fig, path)
 
-def lambda_figure(models, path):
-    "AutoAttack and clean accuracy of the joint objective against λ (mean ± SD over seeds)."
+def lambda_figure(models, path, control:str|None=None, reference:str|None=None):
+    "AutoAttack and clean accuracy of the joint objective against λ (mean ± SD over seeds), `control`'s (λ = 0) dashed, `reference`'s dotted."
     import seaborn as sns
     joint = models[(models.objective == 'joint') & models.lam.notna()]
     if joint['lam'].nunique() < 2 or 'autoattack_acc' not in joint: return None
-    long = joint.melt(id_vars=['lam', 'seed'], value_vars=['clean_acc', 'autoattack_acc'], var_name='accuracy', value_name='value')
+    keys = ['clean_acc', 'autoattack_acc']
+    long = joint.melt(id_vars=['lam', 'seed'], value_vars=keys, var_name='accuracy', value_name='value')
     fig, ax = _pyplot().subplots(figsize=(6, 4))
-    sns.lineplot(long, x='lam', y='value', hue='accuracy', marker='o', errorbar='sd', ax=ax)
-    ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy', ylim=(0, 1))
+    sns.lineplot(long, x='lam', y='value', hue='accuracy', hue_order=keys, marker='o', errorbar='sd', ax=ax)
+    for name, ls in ((control, '--'), (reference, ':')):
+        if len(c := models[models.name == name]):
+            for k, colour in zip(keys, sns.color_palette()): ax.axhline(c[k].mean(), ls=ls, color=colour, lw=1)
+    ax.set(xscale='log', xlabel='λ (CE + λ·SupCon)', ylabel='test accuracy')
     return _save(fig, path)
 
 def _minutes(runs):
@@ -286,7 +312,7 @@ def budget_figure(models, path):
         ax.legend(fontsize=8)
     return _save(fig, path)
 
-# %% ../nbs/11_report.ipynb 21
+# %% ../nbs/11_report.ipynb 25
 def _unknown_time(done):
     n = int(done['compute_time'].isna().sum())
     return f", not counting the training of {_count(n, 'run')} whose record lacks its epochs (— in the runs table)" if n else ''
@@ -361,7 +387,7 @@ def _runs_lines(df, ans):
                     '', "Device, threads and commit are those of the process that finished a run; a resumed run may have trained "
                     "its earlier epochs under others."]
 
-# %% ../nbs/11_report.ipynb 23
+# %% ../nbs/11_report.ipynb 27
 def _results_lines(prof, models, outs, folder):
     "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
     paper, beyond, md = models[models.paper], models[~models.paper], []
@@ -374,9 +400,18 @@ def _results_lines(prof, models, outs, folder):
                "training, the sum over its epochs, and its CPU threads where its history records them):", '', '![Accuracy against epochs](figures/budget.png)', '']
     if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
         vs = verdicts(models, outs, prof['reference'])
-        md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference']) + ['']
+        md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference'])
+        md += _device_note(models, [v['name'] for v in vs], prof['reference']) + ['']
         if vs and verdict_figure(vs, prof['reference'], folder/'figures'/'verdicts.png'): md += ['![Differences from the reference](figures/verdicts.png)', '']
-        if lambda_figure(models, folder/'figures'/'lambda.png'): md += ['The joint objective over λ:', '', '![lambda sweep](figures/lambda.png)', '']
+        control = prof.get('control')
+        if control in set(models['name']) and (cs := against_control(models, outs, control)):
+            md += ['## What the SupCon term adds', ''] + _control_lines(cs, control) + _device_note(models, [v['name'] for v in cs], control) + ['']
+        elif any(v['objective'] == 'joint' for v in vs):
+            md += ["The joint objective becomes plain adversarial training on clean and adversarial views as λ → 0: run the profile's "
+                   "`control` (the same training without the SupCon term) before crediting SupCon with a gain.", '']
+        if lambda_figure(models, folder/'figures'/'lambda.png', control, prof['reference']):
+            md += [f"The joint objective over λ (dotted: {prof['reference']}" + (f'; dashed: {control}, λ = 0' if control in set(models['name']) else '') +
+                   '):', '', '![lambda sweep](figures/lambda.png)', '']
     if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps']) + ['']
     return md
 

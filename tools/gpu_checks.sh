@@ -40,6 +40,8 @@ case "$what" in
     if [ "${CHECKS:-1}" != 0 ]; then OMP_NUM_THREADS=4 checks > "$OUT/checks.log" 2>&1 & chk=$!; fi
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$OUT/gpu-use.csv" 2>/dev/null &
     smi=$!
+    out=$(grep -o -- '--out [^ ]*' <<< "$*" | cut -d' ' -f2); root=${out:-reports}/full
+    find "$root" -name model.pt > /tmp/carried 2>/dev/null   # weights brought along (a baseline, say) do not go back
     t0=$(date +%s)
     if [ "$limit" -gt 0 ]; then lim=(timeout -s INT -k 20 "$limit"); else lim=(); fi
     ( time "${lim[@]}" "$PY" -c "import sys; from advcl.experiments import main; sys.argv[0] = 'advcl-experiments'; main()" \
@@ -50,15 +52,14 @@ case "$what" in
     kill $smi 2>/dev/null
     advcl report --profile full "$@" 2>&1 | tail -2
     advcl status --profile full --seeds "${seeds[@]}" "$@" 2>&1 | tee "$OUT/full-status.txt" | tail -1
-    # Back: the records, notebooks and report (not pools, checkpoints or the weights of rows), then the weights of finished
-    # runs in the plan's order while $OUT stays under 60 MiB and 8 files.
-    out=$(grep -o -- '--out [^ ]*' <<< "$*" | cut -d' ' -f2); root=${out:-reports}/full
+    # Back: the records, notebooks and report (not pools, checkpoints or the weights of rows), then the weights of runs
+    # finished here in the plan's order while $OUT stays under 60 MiB and 8 files; a later call can fetch the rest.
     find "$root" -name '*.pt' ! -path '*/proxy-s*' > /tmp/skip
     tar -czf "$OUT/full-records.tar.gz" -X /tmp/skip --exclude="$root/pools" --exclude='_stale' "$root"
     tar -czf "$OUT/logs.tar.gz" -C "$OUT" --remove-files $(cd "$OUT" && ls checks*.log full-run.log gpu-use.csv 2>/dev/null)
     while read -r status id rest; do
       m=$root/runs/$id/train/model.pt
-      [ "$status" = done ] && [ -f "$m" ] && [[ $id != proxy-* ]] || continue
+      [ "$status" = done ] && [ -f "$m" ] && [[ $id != proxy-* ]] && ! grep -qx "$m" /tmp/carried || continue
       used=$(du -sb "$OUT" | cut -f1); size=$(stat -c %s "$m")
       [ $(( used + size )) -lt $(( 60 * 1024 * 1024 )) ] && [ "$(ls "$OUT" | wc -l)" -lt 8 ] && cp "$m" "$OUT/$id.pt"
     done < "$OUT/full-status.txt"
