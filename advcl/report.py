@@ -148,6 +148,10 @@ def _count(n, noun:str):
     "`n` `noun`, plural unless `n` is 1: '1 seed', '3 seeds', '2 threads'."
     return f"{n:g} {noun}{'s' * (n != 1)}"
 
+def _difference_cells(v):
+    "A compared model's table cells: name, objective, and each difference with its verdict."
+    return f"| {v['name']} | `{v['objective']}` | {v['autoattack']} | {v['autoattack'].verdict} | {v['clean']} | {v['clean'].verdict} |"
+
 def _verdict_lines(vs, reference):
     "The verdict section: the rule, one line per model, and the answer."
     n = vs[0]['autoattack'] if vs else None
@@ -157,8 +161,7 @@ def _verdict_lines(vs, reference):
              "images and seeds. Better or worse only where the interval excludes zero. 'Reaches' the reference: both lower ends above "
              "−0.01 (not more than one point below it on either); 'no': an interval wholly below −0.01.", '',
              '| Model | objective | AutoAttack − reference | | clean − reference | | reaches the reference? |', '|---|---|---|---|---|---|---|']
-    lines += [f"| {v['name']} | `{v['objective']}` | {v['autoattack']} | {v['autoattack'].verdict} | {v['clean']} | {v['clean'].verdict} "
-              f"| {v['reaches']} |" for v in vs]
+    lines += [f"{_difference_cells(v)} {v['reaches']} |" for v in vs]
     groups = {k: [v['name'] for v in vs if v['supcon'] and v['reaches'] == k] for k in ('yes', 'undetermined', 'no')}
     answer = 'Yes' if groups['yes'] else 'Undetermined' if groups['undetermined'] else 'No' if groups['no'] else 'No SupCon variant was run'
     lines += ['', f"**Does a SupCon variant reach the reference? {answer}.** " +
@@ -179,7 +182,7 @@ def _control_lines(vs, control):
              "the SupCon rows put it in cross-entropy's place. Each difference is the variant's accuracy minus "
              "the control's on the same test images, with its 95% paired bootstrap interval, as in the verdicts.", '',
              '| Model | objective | AutoAttack − control | | clean − control | |', '|---|---|---|---|---|---|']
-    lines += [f"| {v['name']} | `{v['objective']}` | {v['autoattack']} | {v['autoattack'].verdict} | {v['clean']} | {v['clean'].verdict} |" for v in vs]
+    lines += [_difference_cells(v) for v in vs]
     said = {k: [v['name'] for v in vs if v['autoattack'].verdict == k] for k in ('better', 'worse', 'undetermined')}
     return lines + ['', 'Under AutoAttack, against the control: ' + '; '.join(f"{k} for {', '.join(n)}" for k, n in said.items() if n) + '.']
 
