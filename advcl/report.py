@@ -407,13 +407,14 @@ def _results_lines(prof, models, outs, folder):
         md += _device_note(models, [v['name'] for v in vs], prof['reference']) + ['']
         if vs and verdict_figure(vs, prof['reference'], folder/'figures'/'verdicts.png'): md += ['![Differences from the reference](figures/verdicts.png)', '']
         control = prof.get('control')
-        if control in set(models['name']) and (cs := against_control(models, outs, control)):
+        control_ran = control in set(models['name'])
+        if control_ran and (cs := against_control(models, outs, control)):
             md += ['## What the SupCon term adds', ''] + _control_lines(cs, control) + _device_note(models, [v['name'] for v in cs], control) + ['']
         elif any(v['objective'] == 'joint' for v in vs):
             md += ["The joint objective becomes plain adversarial training on clean and adversarial views as λ → 0: run the profile's "
                    "`control` (the same training without the SupCon term) before crediting SupCon with a gain.", '']
         if lambda_figure(models, folder/'figures'/'lambda.png', control, prof['reference']):
-            md += [f"The joint objective over λ (dotted: {prof['reference']}" + (f'; dashed: {control}, λ = 0' if control in set(models['name']) else '') +
+            md += [f"The joint objective over λ (dotted: {prof['reference']}" + (f'; dashed: {control}, λ = 0' if control_ran else '') +
                    '):', '', '![lambda sweep](figures/lambda.png)', '']
     if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps']) + ['']
     return md
