@@ -23,7 +23,8 @@ __all__ = ['PROFILE_KEYS', 'ROW_KEYS', 'PLANNED', 'find_file', 'apply_sets', 'lo
            'main']
 
 # %% ../nbs/10_experiments.ipynb 5
-PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'control', 'analysis')
+PROFILE_KEYS = ('name', 'description', 'seeds', 'threat', 'per_class', 'train', 'evaluation', 'proxy', 'rows', 'reference', 'control',
+                'analysis', 'gpu_workers')
 ROW_KEYS = ('name', 'role', 'paper')        # a row's own keys; every other key is a TrainConfig setting
 
 def _repo_dirs():
@@ -66,6 +67,8 @@ def load_profile(profile:str|Path, # a name in profiles/ ('quick', 'budget', 'fu
     for r in p['rows']:
         if r.get('role', 'row') == 'row' and not {'attack', 'objective', 'source'} <= set(r):
             raise SettingsError(f"Row {r['name']!r} of {path} needs attack, objective and source.")
+    if not (type(g := p.get('gpu_workers', 1)) is int and g >= 1):
+        raise SettingsError(f"Profile {path}: gpu_workers {g!r} should be a whole number of at least 1 (runs side by side on one GPU).")
     p |= dict(path=str(path))
     plan_runs(p)                       # every run's settings, typed: a bad name or value fails here, before any work
     return p
@@ -279,9 +282,9 @@ def _cores():
     "The CPU cores this process may use."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
-def default_workers(device:str='auto'):
-    "Runs side by side by default: one per CPU core when the runs are on the CPU (measured best), one on a GPU."
-    return _cores() if resolve_device(device).type == 'cpu' else 1
+def default_workers(device:str='auto', gpu_workers:int=1):
+    "Runs side by side by default: one per CPU core when the runs are on the CPU (measured best), `gpu_workers` on a GPU."
+    return _cores() if resolve_device(device).type == 'cpu' else gpu_workers
 
 def default_threads(workers:int):
     "CPU threads of each run by default: the cores shared out among the workers."
@@ -298,7 +301,7 @@ def run_matrix(profile:str|Path|dict, out_root='reports', seeds=None, only=None,
     from distributed import as_completed
     from tqdm.auto import tqdm
     prof = profile if isinstance(profile, dict) else load_profile(profile, sets)
-    workers = workers or default_workers(prof.get('train', {}).get('device', 'auto'))
+    workers = workers or default_workers(prof.get('train', {}).get('device', 'auto'), prof.get('gpu_workers', 1))
     runs = plan_runs(prof, out_root, seeds, only)
     statuses, t_all, executed = {}, time.time(), 0
     left = sum(run_status(r) != 'done' for r in runs)
@@ -328,7 +331,7 @@ def _experiment_options(p):
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
                    help="settings for every run: a TrainConfig setting (data_root=/data), or block.key (per_class.test=50)")
     p.add_argument('--workers', type=int, default=None,
-                   help="runs side by side on this machine, a Dask LocalCluster (default: one per core on a CPU, one on a GPU)")
+                   help="runs side by side on this machine, a Dask LocalCluster (default: one per core on a CPU; on a GPU the profile's gpu_workers, else one)")
     p.add_argument('--threads', type=int, default=None, help="CPU threads of each run (default: the cores over the workers)")
     p.add_argument('--scheduler', default=None, help="the address of a Dask scheduler to run on instead (e.g. a dask-jobqueue cluster's)")
 

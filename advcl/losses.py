@@ -77,7 +77,9 @@ def split_views(features:torch.Tensor, # [views * N, dim]: the model's output on
 
 # %% ../nbs/04_losses.ipynb 24
 def _pairwise_distance(z):
-    sq = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
+    "Euclidean distances between the rows of `z`, from their Gram matrix (no [n, n, dim] tensor of differences)."
+    n2 = z.pow(2).sum(-1)
+    sq = (n2[:, None] + n2[None, :] - 2 * z @ z.T).clamp_min(0).masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), 0)
     return torch.where(sq > 0, sq.clamp_min(1e-12).sqrt(), torch.zeros_like(sq))  # finite gradient at 0 distance
 
 def masked_distance_loss(features:torch.Tensor, # [batch, dim] or [batch, views, dim]
