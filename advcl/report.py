@@ -202,9 +202,9 @@ def _curve_rises(curves, eps:float):
     "Does the mean robustness curve rise anywhere, or stay above the floor at three times `eps` or more?"
     curves = [c for c in curves if isinstance(c, list) and c]
     if not curves: return False
-    acc = [sum(c[k]['acc'] for c in curves) / len(curves) for k in range(len(curves[0]))]
+    acc = [round(sum(c[k]['acc'] for c in curves) / len(curves), 6) for k in range(len(curves[0]))]   # float32 counts: 0.1 is 0.1000000015
     rises = any(b > a + CURVE_RISE for a, b in zip(acc, acc[1:]))
-    return rises or (curves[0][-1]['eps'] >= 3 * eps - 1e-9 and acc[-1] > CURVE_FLOOR)
+    return rises or (curves[0][-1]['eps'] >= 3 * eps - 1e-9 and acc[0] > CURVE_FLOOR and acc[-1] > CURVE_FLOOR)
 
 def _evidence(g, outs, name, eps):
     "The signs of gradient masking in one model's runs."
