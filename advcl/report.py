@@ -199,7 +199,7 @@ CURVE_RISE = 0.02         # accuracy rising by more than this from one eps of th
 CURVE_FLOOR = 0.10        # accuracy at the end of a curve reaching 3 x eps above which it "does not fall towards 0"
 
 def _curve_rises(curves, eps:float):
-    "Does the mean robustness curve rise anywhere, or stay above the floor at three times `eps` or more?"
+    "Does the mean robustness curve rise anywhere, or start above the floor and stay above it at three times `eps` or more?"
     curves = [c for c in curves if isinstance(c, list) and c]
     if not curves: return False
     acc = [round(sum(c[k]['acc'] for c in curves) / len(curves), 6) for k in range(len(curves[0]))]   # float32 counts: 0.1 is 0.1000000015
