@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import make_loader, to_float_images
-from .models import accuracy, eval_mode
+from .models import accuracy, eval_mode, fold_batchnorm
 
 # %% auto 0
 __all__ = ['features', 'class_distance_ratio', 'alignment', 'uniformity', 'adversarial_shift', 'inter_class_sq_distance',
@@ -127,7 +127,7 @@ def transfer_matrix(models:dict, # name -> classifier
     "({source: {target: accuracy}}, {source: adversarial images}): adversaries of each model, evaluated on every model."
     x, y = data
     x, y = to_float_images(x).to(device), y.to(device)
-    adv = {}
+    adv, models = {}, {name: fold_batchnorm(m) for name, m in models.items()}
     for name, m in models.items():
         adv[name] = torch.cat([attack(m, x[c], y[c], seed=seed) for c in torch.arange(len(x)).split(batch_size)])
     acc = {src: {tgt: accuracy(m, (xa, y), batch_size, device) for tgt, m in models.items()} for src, xa in adv.items()}

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .attacks import Attack, attack_mode
 from .core import sub_seed
 from .data import make_loader, to_float_images
-from .models import score_batch
+from .models import fold_batchnorm, score_batch
 
 # %% auto 0
 __all__ = ['check_eval_strength', 'softmax_cross_entropy', 'evaluate', 'robustness_curve', 'autoattack', 'evaluate_autoattack']
@@ -56,6 +56,7 @@ def evaluate(model, # the classifier to evaluate (images in [0,1])
     attacks, precomputed = attacks or {}, precomputed or {}
     if precomputed and not isinstance(data, tuple): raise ValueError("precomputed adversaries need tensor data, aligned with it.")
     parts, seconds = {name: [] for name in ['clean', *attacks]}, dict.fromkeys(['clean', *attacks], 0.)
+    model, embedder = fold_batchnorm(model), fold_batchnorm(embedder)
     with attack_mode(model):
         for k, (x, y, i) in enumerate(tqdm(make_loader(data, batch_size, device=device, with_index=True), desc='evaluate',
                                            disable=not progress, leave=False)):
@@ -93,7 +94,7 @@ def autoattack(model, x:torch.Tensor, y:torch.Tensor, *, eps:float, n_classes:in
     "The standard AutoAttack on images `x` in [0,1]: (adversarial images, {stage: images still robust after it}, {stage: seconds})."
     from advcl.attacks import _check_images, _check_settings
     _check_settings(eps, 1.0, 1, norm); _check_images(x, y)
-    x_adv, y = x.detach().clone(), y.to(x.device)
+    x_adv, y, model = x.detach().clone(), y.to(x.device), fold_batchnorm(model)
     with attack_mode(model):
         robust = torch.cat([score_batch(model, x[c], y[c])[0] for c in torch.arange(len(x)).split(batch_size)])
         counts, seconds = {'clean': int(robust.sum())}, {}
@@ -112,7 +113,7 @@ def evaluate_autoattack(model, data, # test data: (images, labels) tensors
     "Accuracy and cross-entropy of `model` under the standard AutoAttack, each image's outcome, and the images robust after each of its attacks."
     t0 = time.perf_counter()
     x, y = data
-    x, y = to_float_images(x).to(device), y.to(device)
+    x, y, model = to_float_images(x).to(device), y.to(device), fold_batchnorm(model)
     x_adv, counts, stage_seconds = autoattack(model, x, y, eps=eps, n_classes=n_classes, norm=norm, seed=seed, batch_size=batch_size, progress=progress)
     out = _summary([_score(model, x_adv[c], y[c]) for c in torch.arange(len(y)).split(batch_size)])
     return out | dict(robust_after=counts, stage_seconds=stage_seconds, seconds=time.perf_counter() - t0,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import hashlib, json
+import copy, hashlib, json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from .data import dataset_info, make_loader, IMAGENET_MEAN, IMAGENET_STD
 # %% auto 0
 __all__ = ['SMALL_ARCHS', 'CHECKPOINT_FORMAT', 'Normalize', 'Classifier', 'small_cnn', 'BasicBlock', 'resnet_small', 'madry_cnn',
            'create_classifier', 'eval_mode', 'score_batch', 'correct', 'accuracy', 'Embedder', 'dinov2_small',
-           'CheckpointError', 'save_checkpoint', 'read_checkpoint', 'classifier_from_config', 'load_checkpoint',
-           'load_proxy', 'weights_digest']
+           'fold_batchnorm', 'CheckpointError', 'save_checkpoint', 'read_checkpoint', 'classifier_from_config',
+           'load_checkpoint', 'load_proxy', 'weights_digest']
 
 # %% ../nbs/02_models.ipynb 5
 class Normalize(nn.Module):
@@ -198,12 +198,29 @@ def dinov2_small(pretrained:bool=True, # the published weights (needs the hub, o
     return Embedder(vit, IMAGENET_MEAN, IMAGENET_STD, in_chans=3, size=size)
 
 # %% ../nbs/02_models.ipynb 27
+def _has_batchnorm(m:nn.Module): return any(isinstance(c, nn.modules.batchnorm._BatchNorm) for c in m.modules())
+
+def _fold(m:nn.Module):
+    "Fold `m` in place where torch.fx can trace it, else inside each of its children; `m` or its traced replacement."
+    if not _has_batchnorm(m): return m
+    if not isinstance(m, (Classifier, Embedder)):                 # these keep their class: fold inside them
+        from torch.fx.experimental.optimization import fuse
+        try: return fuse(m, inplace=True)
+        except Exception: pass                                    # not traceable as a whole (control flow): fold its parts
+    for name, child in m.named_children(): setattr(m, name, _fold(child))
+    return m
+
+def fold_batchnorm(model:nn.Module|None):
+    "An eval-mode copy of `model` with each BatchNorm folded into the convolution before it: the same function to float rounding, faster to attack; `model` unchanged."
+    return _fold(copy.deepcopy(model).eval()) if model is not None and _has_batchnorm(model) else model
+
+# %% ../nbs/02_models.ipynb 31
 CHECKPOINT_FORMAT = 'advcl.checkpoint/1'
 
 class CheckpointError(ValueError):
     "A checkpoint file is unreadable or does not fit the model it is loaded into."
 
-# %% ../nbs/02_models.ipynb 28
+# %% ../nbs/02_models.ipynb 32
 def save_checkpoint(path, model:Classifier, record:dict|None=None, # what training did (JSON-like): config, metrics, seed, ...
                     state:dict|None=None): # what a resumed run needs: optimiser, epoch, RNG states
     "Save `model`'s weights and config, with `record` and `state`, atomically to `path`."
@@ -230,7 +247,7 @@ def read_checkpoint(path, map_location='cpu'):
 def _describe(cfg): return f"{cfg['arch']} ({cfg['num_classes']} classes, {cfg['in_chans']} channels, {cfg.get('kwargs') or 'defaults'})"
 def _signature(cfg): return cfg['arch'], cfg['num_classes'], cfg['in_chans'], cfg.get('kwargs') or {}
 
-# %% ../nbs/02_models.ipynb 29
+# %% ../nbs/02_models.ipynb 33
 def classifier_from_config(config:dict):
     "An untrained `Classifier` built from a checkpoint's `config`."
     return create_classifier(config['arch'], config['dataset'], num_classes=config['num_classes'], **(config.get('kwargs') or {}))
@@ -253,7 +270,7 @@ def load_proxy(proxy:str, # 'dinov2_small', or the path of a classifier checkpoi
     if proxy == 'dinov2_small': return dinov2_small().to(device).eval()
     return Embedder(load_checkpoint(proxy, map_location=device)[0]).to(device).eval()
 
-# %% ../nbs/02_models.ipynb 34
+# %% ../nbs/02_models.ipynb 38
 def weights_digest(model_or_state):
     "SHA-256 of a model's weights (or of a state dict): equal for equal weights, whatever file holds them."
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .attacks import Attack
 from .core import atomic_save, command_parser, read_json, run_command, sub_seed, write_json
 from .data import to_float_images
-from .models import read_checkpoint, weights_digest
+from .models import fold_batchnorm, read_checkpoint, weights_digest
 
 # %% auto 0
 __all__ = ['POOL_FORMAT', 'PoolMismatchError', 'clean_digest', 'model_source', 'quantize_adversaries', 'folder_lock',
@@ -108,7 +108,7 @@ def generate_pool(folder, # where the pool goes (created; resumed if it holds a 
             if remake_stale and _differences(read_json(folder/'meta.json'), meta): shutil.rmtree(folder)
             else: _check_same(folder, read_json(folder/'meta.json'), meta)
         if not (folder/'meta.json').exists(): write_json(meta, folder/'meta.json')
-        device = torch.device(device or 'cpu')
+        device, model, embedder = torch.device(device or 'cpu'), fold_batchnorm(model), fold_batchnorm(embedder)
         todo = [k for k in range(n_shards) if not _shard_ok(_shard_path(folder, k), min(shard_size, len(x) - k * shard_size))]
         for k in tqdm(todo, desc=f'pool {folder.name}', unit='shard', disable=not progress):
             rows = slice(k * shard_size, (k + 1) * shard_size)
