@@ -1,7 +1,7 @@
 """The standard AutoAttack on one adversarially trained model, as `advcl.evaluate.autoattack` runs it (its BatchNorm
 folded into the convolutions, `advcl.models.fold_batchnorm`) against the same model unfolded, alternating the two
 `--repeats` times on the same images: seconds by stage, and whether the two found the same robust images. Prints
-JSON and writes benchmarks/results/autoattack-<device>.json. A measurement, not a test: run it alone on the machine.
+JSON and writes benchmarks/results/autoattack-<arch>-<device>.json. A measurement, not a test: run it alone on the machine.
 
     .venv/bin/python benchmarks/autoattack.py                     # quick's small CNN, PGD-AT, 100 test images
 """
