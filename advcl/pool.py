@@ -161,9 +161,10 @@ class RefreshingPool:
     def __init__(self, x:torch.Tensor, y:torch.Tensor, # the clean set (on the training device)
                  attack:Attack, every:int, # iterations between refreshes
                  size:int|None=None, # how many clean images the pool covers (None: all)
-                 seed:int=0, chunk_size:int|None=None):
+                 seed:int=0, chunk_size:int=256): # images attacked at once (memory is one chunk's attack, not the pool's)
         if every < 1: raise ValueError(f"every={every}: refresh at least every 1 iteration.")
         if size is not None and not 0 < size <= len(x): raise ValueError(f"size={size} must be in 1..{len(x)}.")
+        if chunk_size < 1: raise ValueError(f"chunk_size={chunk_size} must be at least 1.")
         self.x, self.y, self.attack, self.every, self.seed, self.chunk_size = x, y, attack, every, seed, chunk_size
         g = torch.Generator().manual_seed(seed)
         self.rows = torch.arange(len(x)) if size is None else torch.randperm(len(x), generator=g)[:size].sort().values
@@ -194,7 +195,7 @@ class RefreshingPool:
         if not torch.equal(s['rows'].cpu(), self.rows.cpu()): raise PoolMismatchError("The saved refreshing pool covers other images.")
         self.x_adv, self.refreshed_at, self.generation = s['x_adv'], s['refreshed_at'], s['generation']
 
-# %% ../nbs/05_pool.ipynb 30
+# %% ../nbs/05_pool.ipynb 32
 def _pool_options(p):
     p.add_argument('checkpoint', help="the model attacked: the classifier (pgd, fgsm) or the proxy (sc)")
     p.add_argument('folder', help="where the pool goes (a pool there with the same settings is finished, not redone)")

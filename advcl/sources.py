@@ -45,7 +45,8 @@ class Refreshing(Source):
     def __init__(self, pool:RefreshingPool, embedder=None, amp:bool=False): self.pool, self.embedder, self.amp = pool, embedder, amp
     @classmethod
     def from_config(cls, cfg, x, y, embedder=None, device=None, amp=False):
-        return cls(RefreshingPool(x.to(device), y.to(device), cfg.attack, cfg.refresh_every, cfg.refresh_size, cfg.seed), embedder, amp)
+        return cls(RefreshingPool(x.to(device), y.to(device), cfg.attack, cfg.refresh_every, cfg.refresh_size, cfg.seed,
+                                  chunk_size=cfg.batch_size), embedder, amp)
     def clean(self, x, y):
         rows = self.pool.rows.cpu()
         return x[rows], y[rows]
