@@ -11,8 +11,8 @@ import torch
 
 # %% auto 0
 __all__ = ['atomic_save', 'write_json', 'read_json', 'file_sha256', 'seed_everything', 'resolve_device', 'sub_seed', 'git_commit',
-           'device_name', 'environment', 'SettingsError', 'from_dict', 'to_dict', 'command_parser', 'run_command',
-           'parse_overrides']
+           'git_changes', 'device_name', 'environment', 'SettingsError', 'from_dict', 'to_dict', 'command_parser',
+           'run_command', 'parse_overrides']
 
 # %% ../nbs/00_core.ipynb 5
 def _atomic(path, write):
@@ -70,15 +70,23 @@ def sub_seed(seed:int, # the run's seed
     return seed * 1_000_003 + k
 
 # %% ../nbs/00_core.ipynb 19
+def _git(path, *args):
+    return subprocess.run(['git', *args], cwd=path, capture_output=True, encoding='utf-8', errors='replace', timeout=10).stdout
+
+# the whole repository but reports/, the runs' own output: a run that rewrites it leaves the code it ran as committed
+_CODE = ('--', ':(top)', ':(top,exclude)reports')
+
 def git_commit(path='.'):
     "The git commit of the repository holding `path` (`+dirty` if its code has uncommitted changes), or None."
-    def _git(*args):
-        return subprocess.run(['git', *args], cwd=path, capture_output=True, text=True, timeout=10).stdout.strip()
     try:
-        sha = _git('rev-parse', '--short=12', 'HEAD')
+        sha = _git(path, 'rev-parse', '--short=12', 'HEAD').strip()
         if not sha: return None
-        # reports/ is the runs' own output: a run that rewrites it leaves the code it ran as committed
-        return sha + ('+dirty' if _git('status', '--porcelain', '--untracked-files=no', '--', '.', ':!reports') else '')
+        return sha + ('+dirty' if _git(path, 'status', '--porcelain', '--untracked-files=no', *_CODE).strip() else '')
+    except (OSError, subprocess.SubprocessError): return None
+
+def git_changes(path='.'):
+    "The uncommitted changes to the code of the repository holding `path` (`git diff HEAD` of its tracked files), or None."
+    try: return _git(path, 'diff', 'HEAD', '--no-color', '--no-ext-diff', '--no-textconv', *_CODE) or None
     except (OSError, subprocess.SubprocessError): return None
 
 def device_name(device):
@@ -95,14 +103,14 @@ def _code_dir(): return Path(__file__).parent if '__file__' in globals() else Pa
 
 def environment(device='cpu', # the device the run used
                 repo=None): # the repository whose commit to record (default: the one holding advcl)
-    "Where a run ran: device, torch version, threads, git commit."
-    device = torch.device(device)
+    "Where a run ran: device, torch version, threads, git commit (and the uncommitted diff of the code, if any)."
+    device, repo = torch.device(device), repo or _code_dir()
     return dict(device=str(device), device_kind=device.type, device_name=device_name(device),
                 torch=str(torch.__version__), cuda=str(torch.version.cuda) if device.type == 'cuda' else None,
                 cpu_threads=torch.get_num_threads(), python=platform.python_version(),
-                git_commit=git_commit(repo or _code_dir()))
+                git_commit=git_commit(repo), git_diff=git_changes(repo))
 
-# %% ../nbs/00_core.ipynb 22
+# %% ../nbs/00_core.ipynb 24
 class SettingsError(ValueError):
     "A setting with an unknown name, or a value of the wrong type."
 
@@ -135,7 +143,7 @@ def _build(value, tp, what):
     if origin is list and args: return [_build(v, args[0], what) for v in value]
     return float(value) if tp is float else value
 
-# %% ../nbs/00_core.ipynb 23
+# %% ../nbs/00_core.ipynb 25
 def from_dict(cls, # a dataclass of settings
               d:dict, # JSON-like values by field name
               what:str|None=None): # how to name these settings in an error (default: the class's name)
@@ -152,7 +160,7 @@ def to_dict(obj):
     "A settings dataclass as a JSON-like dict (nested settings too): the inverse of `from_dict`."
     return dataclasses.asdict(obj)
 
-# %% ../nbs/00_core.ipynb 26
+# %% ../nbs/00_core.ipynb 28
 def command_parser(prog:str, description:str):
     "An `ArgumentParser` for an advcl command: every option's help ends with its default."
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

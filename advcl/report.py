@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .data import dataset_info
 from .experiments import load_profile, plan_runs, run_status
 from .run import read_analysis, read_outcomes, read_record
 from .stats import paired_difference
@@ -33,8 +34,10 @@ def _record_fields(rec, epochs:int|None=None): # the epochs its training plan ha
     train = rec.seconds.get('train', 0)                               # a resumed run's train phase: only what it redid
     row['train_time'] = max(train, row['epoch_time']) if epochs is None or len(rec.history) >= epochs else math.nan
     row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
-    env = rec.environment
+    env, amp = rec.environment, rec.settings.get('train', {}).get('amp')
+    bf16 = env.get('device_kind') == 'cuda' if amp is None else amp                  # training's autocast, as train() resolves it
     return row | dict(device=env['device_name'], threads=env.get('cpu_threads') if env.get('device_kind') == 'cpu' else None,
+                      precision='bf16 autocast' if bf16 else 'fp32',
                       torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
 
 HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 'amp', 'compile', 'channels_last')
@@ -152,14 +155,23 @@ def _difference_cells(v):
     "A compared model's table cells: name, objective, and each difference with its verdict."
     return f"| {v['name']} | `{v['objective']}` | {v['autoattack']} | {v['autoattack'].verdict} | {v['clean']} | {v['clean'].verdict} |"
 
+def _fewest_seeds(vs): return min(v[k].n_seeds for v in vs for k in ('autoattack', 'clean'))
+
+def _seeds_note(n_seeds:int): # the fewest seeds any comparison has
+    "What the intervals leave out when there are few seeds."
+    if n_seeds == 1: return (" With one seed the intervals cover the sample of test images only, not the spread between training runs: "
+                             "a verdict says how this model compares on these images, not how the training method does.")
+    if n_seeds < 5: return f" With {n_seeds} seeds, resampling them measures the spread between training runs only roughly."
+    return ''
+
 def _verdict_lines(vs, reference):
     "The verdict section: the rule, one line per model, and the answer."
     n = vs[0]['autoattack'] if vs else None
-    lines = [f"Reference: **{reference}**, named in the profile before any run. Each difference is the model's accuracy minus the "
+    lines = [f"Reference: **{reference}**, named in the profile. Each difference is the model's accuracy minus the "
              f"reference's on the same test images (AutoAttack: {n.n_images if n else '—'} images; clean: {vs[0]['clean'].n_images if vs else '—'}), "
              f"averaged over {_count(n.n_seeds, 'seed') if n else '— seeds'}, with a 95% confidence interval [low, high] from a paired bootstrap over "
              "images and seeds. Better or worse only where the interval excludes zero. 'Reaches' the reference: both lower ends above "
-             "−0.01 (not more than one point below it on either); 'no': an interval wholly below −0.01.", '',
+             f"−0.01 (not more than one point below it on either); 'no': an interval wholly below −0.01.{_seeds_note(_fewest_seeds(vs)) if n else ''}", '',
              '| Model | objective | AutoAttack − reference | | clean − reference | | reaches the reference? |', '|---|---|---|---|---|---|---|']
     lines += [f"{_difference_cells(v)} {v['reaches']} |" for v in vs]
     groups = {k: [v['name'] for v in vs if v['supcon'] and v['reaches'] == k] for k in ('yes', 'undetermined', 'no')}
@@ -177,10 +189,10 @@ def against_control(models, outs, control:str):
 
 def _control_lines(vs, control):
     "The control section: the rule, one line per SupCon variant, and what the intervals say."
-    lines = [f"Control: **{control}**, named in the profile before any run: the same training as the SupCon variants below (attack, "
+    lines = [f"Control: **{control}**, named in the profile: the same training as the SupCon variants below (attack, "
              "where the adversaries come from, epochs, initialisation) with cross-entropy alone: the joint objective adds the SupCon term to it, "
              "the SupCon rows put it in cross-entropy's place. Each difference is the variant's accuracy minus "
-             "the control's on the same test images, with its 95% paired bootstrap interval, as in the verdicts.", '',
+             f"the control's on the same test images, with its 95% paired bootstrap interval, as in the verdicts.{_seeds_note(_fewest_seeds(vs))}", '',
              '| Model | objective | AutoAttack − control | | clean − control | |', '|---|---|---|---|---|---|']
     lines += [_difference_cells(v) for v in vs]
     said = {k: [v['name'] for v in vs if v['autoattack'].verdict == k] for k in ('better', 'worse', 'undetermined')}
@@ -215,22 +227,49 @@ def _evidence(g, outs, name, eps):
     if _curve_rises(list(g['curve']), eps): signs.append('curve')
     return signs
 
-def _strength_lines(models, outs, eps):
-    "The table of PGD's overestimate against AutoAttack and the evidence of masking, per model."
-    lines = ['| Model | PGD − AutoAttack, same images [95% CI] | after APGD-CE | AutoAttack | largest-eps accuracy (curve) | evidence of masking |',
+def _square_drop(g):
+    "How many points Square took off robust accuracy after APGD and FAB-T (mean over seeds)."
+    return 100 * (g['autoattack_fab-t_acc'] - g['autoattack_square_acc']).mean()
+
+def _curve_images(runs):
+    "How many test images the runs' robustness curve uses, from their settings."
+    n = {r.settings.sizes.curve for r in runs if r.role in ('baseline', 'row')}
+    return None if len(n) != 1 else f"{n.pop()} test images per class" if None not in n else "all test images"
+
+def _checks_text(models, eps):
+    "The masking checks this report could make, as a sentence."
+    checks = [f"**Square** (the black-box attack lowers AutoAttack's robust accuracy by more than {100 * SQUARE_CHECK:g} points after "
+              "APGD and FAB-T, AutoAttack's own check)"]
+    if 'pgd_baseline_acc' in models: checks.append("**transfer** (PGD made against the clean baseline beats white-box PGD, its interval above zero)")
+    checks.append(f"**curve** (accuracy rises by more than {100 * CURVE_RISE:g} points as eps grows, or stays above "
+                  f"{100 * CURVE_FLOOR:g}% at 3 × eps)")
+    none = '' if 'pgd_baseline_acc' in models else " The transfer check did not run: the profile's evaluation makes no transfer attack."
+    return (f"{['Two', 'Three'][len(checks) - 2]} checks look for signs of gradient masking: "
+            f"{', '.join(checks)}. A sign is a reason to look closer, not proof of masking.{none}")
+
+def _strength_lines(models, outs, eps, curve_images:str|None=None): # e.g. '20 test images per class'
+    "The table of PGD's overestimate against AutoAttack and the signs of gradient masking, per model."
+    ends = sorted({c[-1]['eps'] for c in models['curve'] if isinstance(c, list) and c}) if 'curve' in models else []
+    short = [e for e in ends if e < 3 * eps - 1e-9]
+    at = ', '.join([f"eps {', '.join(f'{e:g}' for e in ends)}"] * bool(ends) + [curve_images] * bool(curve_images))
+    lines = ["PGD − AutoAttack: how much PGD overestimates robust accuracy, paired on AutoAttack's images (95% bootstrap interval). "
+             + _checks_text(models, eps), '',
+             f"| Model | PGD − AutoAttack, same images [95% CI] | after APGD-CE | AutoAttack | curve at its largest eps{f' ({at})' if at else ''} | signs of masking |",
              '|---|---|---|---|---|---|']
     flagged = []
     for name, g in models.groupby('name', sort=False):
         over = paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'autoattack'))
-        signs = _evidence(g, outs, name, eps)
+        signs = [f"Square (−{_square_drop(g):.1f} points)" if s == 'Square' else s for s in _evidence(g, outs, name, eps)]
         if signs: flagged.append(f"{name} ({', '.join(signs)})")
         last = mean_sd([c[-1]['acc'] for c in g['curve'] if isinstance(c, list) and c], 3)
         lines.append(f"| {name} | {over} | {_cell(g, 'autoattack_apgd-ce_acc')} | {_cell(g, 'autoattack_acc')} | {last} | {', '.join(signs) or 'none'} |")
-    return lines + ['', f"Evidence of gradient masking: {'; '.join(flagged)}." if flagged else
-                    "No model shows evidence of gradient masking by these three checks; PGD's overestimates above are the "
-                    "measure of how much weaker a fixed-step PGD is than AutoAttack."]
+    skipped = f" Curves that end at eps {', '.join(f'{e:g}' for e in short)}, short of 3 × eps, had only the rise check." if short else ''
 
-# %% ../nbs/11_report.ipynb 21
+    return lines + ['', (f"Signs of gradient masking: {'; '.join(flagged)}." if flagged else
+                         "No model shows a sign of gradient masking by these checks; PGD's overestimates above are the "
+                         "measure of how much weaker a fixed-step PGD is than AutoAttack.") + skipped]
+
+# %% ../nbs/11_report.ipynb 23
 def _pyplot():
     "matplotlib's pyplot on the file-only Agg backend (reports are drawn without a display)."
     import matplotlib; matplotlib.use('Agg')
@@ -315,10 +354,21 @@ def budget_figure(models, path):
         ax.legend(fontsize=8)
     return _save(fig, path)
 
-# %% ../nbs/11_report.ipynb 25
+# %% ../nbs/11_report.ipynb 27
 def _unknown_time(done):
     n = int(done['compute_time'].isna().sum())
     return f", not counting the training of {_count(n, 'run')} whose record lacks its epochs (— in the runs table)" if n else ''
+
+def _missing_note(df, done):
+    "The rows of the profile with no finished run, which no table or verdict can include."
+    missing = [n for n in df.loc[df['role'] != 'proxy', 'name'].unique() if n not in set(done['name'])]
+    return f" Rows with no finished run yet, so absent from every table and verdict below: {', '.join(missing)}." if missing else ''
+
+def _dirty_note(done):
+    "What `+dirty` in the list of commits means, where it appears."
+    if not done['git_commit'].astype(str).str.endswith('+dirty').any(): return ''
+    return (" (`+dirty`: the code had changes not committed when the run ran; a record keeps them as "
+            "`environment.git_diff` where it has that field)")
 
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
@@ -327,9 +377,9 @@ def _header_lines(prof, df, done, ans):
             f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
             f"(`make report` for `quick`). Seeds: {sorted(done['seed'].unique().tolist())}. {len(done)} of {len(df)} runs finished"
             f"{', and ' + _count(len(ans), 'analysis run') if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
-            f"{_unknown_time(done)}.", '',
+            f"{_unknown_time(done)}.{_missing_note(df, done)}", '',
             f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
-            f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}",
+            f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}{_dirty_note(done)}",
             f"- data: {prof['train'].get('dataset')}, per class: {p.get('train') or 'all'} training images, {p.get('test') or 'all'} test images "
             f"(AutoAttack: {p.get('autoattack') or 'all'} per class); model `{prof['train'].get('arch')}` {prof['train'].get('arch_kwargs') or ''}",
             f"- threat model: {prof['threat']['norm']} eps {prof['threat']['eps']:g}", '',
@@ -381,7 +431,7 @@ def _runs_lines(df, ans):
     val = lambda r, k: getattr(r, k, None) if getattr(r, k, None) == getattr(r, k, None) else None     # NaN: none
     sec = lambda r, k: '—' if val(r, k) is None else f"{val(r, k):.0f}"
     threads = lambda n: f", {_count(n, 'thread')}" if n else ''
-    device = lambda r: (val(r, 'device') or '') + threads(val(r, 'threads'))
+    device = lambda r: (val(r, 'device') or '') + threads(val(r, 'threads')) + (f", {val(r, 'precision')} training" if val(r, 'precision') else '')
     lines = ['| run | status | train s (all epochs) | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
     lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
               f"| {device(r)} | {val(r, 'git_commit') or ''} |" for r in df.itertuples()]
@@ -390,13 +440,21 @@ def _runs_lines(df, ans):
                     '', "Device, threads and commit are those of the process that finished a run; a resumed run may have trained "
                     "its earlier epochs under others."]
 
-# %% ../nbs/11_report.ipynb 27
-def _results_lines(prof, models, outs, folder):
+# %% ../nbs/11_report.ipynb 31
+def _softmax_loss_note(k:int): # the data set's number of classes
+    "What Table 2's softmax loss is, and its range for `k` classes and for the paper's 1,000."
+    lo, hi = lambda k: math.log(1 + (k - 1) / math.e), lambda k: math.log(math.e + k - 1)
+    return ("Compare the paper's losses with our softmax loss, not with our cross-entropy. The softmax loss is cross-entropy taken on the "
+            f"softmax outputs as if they were logits, so it lies between ln(1 + (K − 1)/e) and ln(e + K − 1) for K classes: {lo(k):.2f} to "
+            f"{hi(k):.2f} for this data set's {k:,}, {lo(1000):.2f} to {hi(1000):.2f} for the paper's 1,000. The paper's SC - CE Loss and "
+            "SC - Both Loss rows are identical in both of its tables; they are quoted as printed.")
+
+def _results_lines(prof, models, outs, folder, runs=()):
     "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
     paper, beyond, md = models[models.paper], models[~models.paper], []
     md += ['## Table 1: accuracy', '', table(paper, ACCURACY, {'Adversarial': 0, 'Clean': 1}), '',
            '## Table 2: cross-entropy loss', '', table(paper, LOSS, {'Adversarial loss': 2, 'Clean loss': 3}), '',
-           "Compare the paper's losses with our softmax loss (the cross-entropy of the softmax outputs), not with our cross-entropy.", '']
+           _softmax_loss_note(dataset_info(prof['train'].get('dataset', 'fashion_mnist'))['num_classes']), '']
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
     if budget_figure(models, folder/'figures'/'budget.png'):
         md += ["Accuracy against the training budget, for rows of one training set-up (every setting but the epochs, the seed and paths) trained for several epochs (the labels: each model's minutes of "
@@ -416,7 +474,7 @@ def _results_lines(prof, models, outs, folder):
         if lambda_figure(models, folder/'figures'/'lambda.png', control, prof['reference']):
             md += [f"The joint objective over λ (dotted: {prof['reference']}" + (f'; dashed: {control}, λ = 0' if control_ran else '') +
                    '):', '', '![lambda sweep](figures/lambda.png)', '']
-    if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps']) + ['']
+    if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps'], _curve_images(runs)) + ['']
     return md
 
 def write_report(profile:str|Path|dict, out_root='reports'):
@@ -429,7 +487,7 @@ def write_report(profile:str|Path|dict, out_root='reports'):
     (folder/'figures').mkdir(exist_ok=True)
     models, failed = done[done.role != 'proxy'], df[df.status == 'failed']
     ans = analyses(prof, models, out_root)
-    md = _header_lines(prof, df, done, ans) + _results_lines(prof, models, outcomes(models, folder), folder)
+    md = _header_lines(prof, df, done, ans) + _results_lines(prof, models, outcomes(models, folder), folder, runs)
     if ans: md += _analysis_lines(ans, folder)
     accuracy_figure(models, folder/'figures'/'accuracy.png')
     md += ['## Figures', '', '![Clean and adversarial accuracy per model](figures/accuracy.png)', '']
