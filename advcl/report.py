@@ -199,11 +199,12 @@ def _control_lines(vs, control):
     return lines + ['', 'Under AutoAttack, against the control: ' + '; '.join(f"{k} for {', '.join(n)}" for k, n in said.items() if n) + '.']
 
 def _device_note(models, names, other:str):
-    "A line naming the models of `names` that finished on another device than `other`, or none."
-    dev = lambda n: ', '.join(sorted(set(models.loc[models.name == n, 'device'].dropna())))
+    "A line naming the models of `names` that finished on another device, or trained in another precision, than `other`; or none."
+    cols = [c for c in ('device', 'precision') if c in models]
+    dev = lambda n: '; '.join(sorted({', '.join(str(v) for v in r) for r in models.loc[models.name == n, cols].dropna().itertuples(index=False)}))
     odd = [n for n in names if dev(n) != dev(other)]
-    return ['', f"Finished on another device than {other} ({dev(other)}): " + ', '.join(f"{n} ({dev(n)})" for n in odd) +
-            "; their differences include any effect of the device."] if odd else []
+    return ['', f"On another device or in another training precision than {other} ({dev(other)}): " + ', '.join(f"{n} ({dev(n)})" for n in odd) +
+            "; their differences include any effect of the device and precision."] if odd else []
 
 # %% ../nbs/11_report.ipynb 18
 SQUARE_CHECK = 0.002      # auto-attack's checks.check_square_sr: Square lowering robust accuracy by more than this
