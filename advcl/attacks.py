@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .core import autocast_on
 from .models import eval_mode
 
 # %% auto 0
@@ -96,7 +97,7 @@ def attack_mode(*modules:nn.Module):
 def _generator(x, seed):
     return None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
 
-def _amp(x, amp): return x.device.type == 'cuda' if amp is None else amp
+def _amp(x, amp): return autocast_on(x.device.type, amp)
 
 def _chunks(n, chunk_size): 
     step = chunk_size or n or 1

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 # %% auto 0
-__all__ = ['atomic_save', 'write_json', 'read_json', 'file_sha256', 'seed_everything', 'resolve_device', 'sub_seed', 'git_commit',
-           'git_changes', 'device_name', 'environment', 'SettingsError', 'from_dict', 'to_dict', 'command_parser',
-           'run_command', 'parse_overrides']
+__all__ = ['atomic_save', 'write_json', 'read_json', 'file_sha256', 'seed_everything', 'resolve_device', 'autocast_on',
+           'sub_seed', 'git_commit', 'git_changes', 'device_name', 'environment', 'SettingsError', 'from_dict',
+           'to_dict', 'command_parser', 'run_command', 'parse_overrides']
 
 # %% ../nbs/00_core.ipynb 5
 def _atomic(path, write):
@@ -62,6 +62,11 @@ def resolve_device(device:str|torch.device='auto'): # 'auto', 'cpu', 'cuda', 'cu
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} was asked for, but torch sees no GPU here. Use device='cpu' or 'auto'.")
     return device
+
+def autocast_on(device_type:str, # 'cuda', 'cpu', ...
+                amp:bool|None): # as asked; None: on a GPU only
+    "Whether bf16 autocast is on: what training, the attacks and the report all take `amp` to mean."
+    return device_type == 'cuda' if amp is None else amp
 
 # %% ../nbs/00_core.ipynb 16
 def sub_seed(seed:int, # the run's seed

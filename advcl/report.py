@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .core import autocast_on
 from .data import dataset_info
 from .experiments import load_profile, plan_runs, run_status
 from .run import read_analysis, read_outcomes, read_record
@@ -35,9 +36,8 @@ def _record_fields(rec, epochs:int|None=None): # the epochs its training plan ha
     row['train_time'] = max(train, row['epoch_time']) if epochs is None or len(rec.history) >= epochs else math.nan
     row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
     env, amp = rec.environment, rec.settings.get('train', {}).get('amp')
-    bf16 = env.get('device_kind') == 'cuda' if amp is None else amp                  # training's autocast, as train() resolves it
     return row | dict(device=env['device_name'], threads=env.get('cpu_threads') if env.get('device_kind') == 'cpu' else None,
-                      precision='bf16 autocast' if bf16 else 'fp32',
+                      precision='bf16 autocast' if autocast_on(env.get('device_kind'), amp) else 'fp32',
                       torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
 
 HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 'amp', 'compile', 'channels_last')
@@ -219,32 +219,34 @@ def _curve_rises(curves, eps:float):
     rises = any(b > a + CURVE_RISE for a, b in zip(acc, acc[1:]))
     return rises or (curves[0][-1]['eps'] >= 3 * eps - 1e-9 and acc[0] > CURVE_FLOOR and acc[-1] > CURVE_FLOOR)
 
+def _square_drop(g):
+    "How much Square took off robust accuracy after APGD and FAB-T (a fraction, mean over seeds)."
+    return (g['autoattack_fab-t_acc'] - g['autoattack_square_acc']).mean()
+
 def _evidence(g, outs, name, eps):
     "The signs of gradient masking in one model's runs."
     signs = []
-    if 'autoattack_square_acc' in g and (g['autoattack_fab-t_acc'] - g['autoattack_square_acc']).mean() > SQUARE_CHECK: signs.append('Square')
+    if 'autoattack_square_acc' in g and _square_drop(g) > SQUARE_CHECK: signs.append('Square')
     if by_seed(outs, name, 'pgd_baseline') and paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'pgd_baseline')).low > 0:
         signs.append('transfer')
     if _curve_rises(list(g['curve']), eps): signs.append('curve')
     return signs
 
-def _square_drop(g):
-    "How many points Square took off robust accuracy after APGD and FAB-T (mean over seeds)."
-    return 100 * (g['autoattack_fab-t_acc'] - g['autoattack_square_acc']).mean()
 
 def _curve_images(runs):
     "How many test images the runs' robustness curve uses, from their settings."
     n = {r.settings.sizes.curve for r in runs if r.role in ('baseline', 'row')}
     return None if len(n) != 1 else f"{n.pop()} test images per class" if None not in n else "all test images"
 
-def _checks_text(models, eps):
+def _checks_text(models):
     "The masking checks this report could make, as a sentence."
+    transfer = 'pgd_baseline_acc' in models
     checks = [f"**Square** (the black-box attack lowers AutoAttack's robust accuracy by more than {100 * SQUARE_CHECK:g} points after "
               "APGD and FAB-T, AutoAttack's own check)"]
-    if 'pgd_baseline_acc' in models: checks.append("**transfer** (PGD made against the clean baseline beats white-box PGD, its interval above zero)")
+    if transfer: checks.append("**transfer** (PGD made against the clean baseline beats white-box PGD, its interval above zero)")
     checks.append(f"**curve** (accuracy rises by more than {100 * CURVE_RISE:g} points as eps grows, or stays above "
                   f"{100 * CURVE_FLOOR:g}% at 3 × eps)")
-    none = '' if 'pgd_baseline_acc' in models else " The transfer check did not run: the profile's evaluation makes no transfer attack."
+    none = '' if transfer else " The transfer check did not run: the profile's evaluation makes no transfer attack."
     return (f"{['Two', 'Three'][len(checks) - 2]} checks look for signs of gradient masking: "
             f"{', '.join(checks)}. A sign is a reason to look closer, not proof of masking.{none}")
 
@@ -254,18 +256,17 @@ def _strength_lines(models, outs, eps, curve_images:str|None=None): # e.g. '20 t
     short = [e for e in ends if e < 3 * eps - 1e-9]
     at = ', '.join([f"eps {', '.join(f'{e:g}' for e in ends)}"] * bool(ends) + [curve_images] * bool(curve_images))
     lines = ["PGD − AutoAttack: how much PGD overestimates robust accuracy, paired on AutoAttack's images (95% bootstrap interval). "
-             + _checks_text(models, eps), '',
+             + _checks_text(models), '',
              f"| Model | PGD − AutoAttack, same images [95% CI] | after APGD-CE | AutoAttack | curve at its largest eps{f' ({at})' if at else ''} | signs of masking |",
              '|---|---|---|---|---|---|']
     flagged = []
     for name, g in models.groupby('name', sort=False):
         over = paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'autoattack'))
-        signs = [f"Square (−{_square_drop(g):.1f} points)" if s == 'Square' else s for s in _evidence(g, outs, name, eps)]
+        signs = [f"Square (−{100 * _square_drop(g):.1f} points)" if s == 'Square' else s for s in _evidence(g, outs, name, eps)]
         if signs: flagged.append(f"{name} ({', '.join(signs)})")
         last = mean_sd([c[-1]['acc'] for c in g['curve'] if isinstance(c, list) and c], 3)
         lines.append(f"| {name} | {over} | {_cell(g, 'autoattack_apgd-ce_acc')} | {_cell(g, 'autoattack_acc')} | {last} | {', '.join(signs) or 'none'} |")
     skipped = f" Curves that end at eps {', '.join(f'{e:g}' for e in short)}, short of 3 × eps, had only the rise check." if short else ''
-
     return lines + ['', (f"Signs of gradient masking: {'; '.join(flagged)}." if flagged else
                          "No model shows a sign of gradient masking by these checks; PGD's overestimates above are the "
                          "measure of how much weaker a fixed-step PGD is than AutoAttack.") + skipped]

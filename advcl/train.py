@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .core import (atomic_save, command_parser, environment, from_dict, parse_overrides, resolve_device, run_command,
+from .core import (atomic_save, autocast_on, command_parser, environment, from_dict, parse_overrides, resolve_device, run_command,
                         seed_everything, sub_seed, to_dict)
 from .data import load_data, make_loader, random_crop_flip
 from .models import Classifier, accuracy, create_classifier, load_checkpoint, load_proxy, save_checkpoint
@@ -214,7 +214,7 @@ class _Run:
 
 def _prepare(cfg, data, embedder, device, rank, world):
     "The classifier, its `TrainModule`, the source of adversaries and the loader of a run."
-    amp = device.type == 'cuda' if cfg.amp is None else cfg.amp
+    amp = autocast_on(device.type, cfg.amp)
     if cfg.adversarial and cfg.attack.kind == 'sc' and embedder is None and SOURCES[cfg.source].attacks_live:
         if not cfg.proxy: raise ValueError("The SupCon attack needs a proxy: set proxy= (a checkpoint, or 'dinov2_small').")
         embedder = load_proxy(cfg.proxy, device)
