@@ -20,7 +20,7 @@ from .data import load_data, make_loader, random_crop_flip
 from .models import Classifier, accuracy, create_classifier, load_checkpoint, load_proxy, save_checkpoint
 from .attacks import Attack
 from .losses import LOSSES, split_views
-from .distributed import gather, reduce_sums, setup_distributed
+from .distributed import gather, leave_distributed, reduce_sums, setup_distributed
 from .sources import SOURCES, make_source
 
 # %% auto 0
@@ -338,7 +338,7 @@ def _train_main(a):
     d = json.loads(Path(a.config).read_text()) if a.config else {}
     cfg = TrainConfig.from_dict({**d, **parse_overrides(a.set)})                  # checked before any work
     train(cfg, a.out, resume=not a.no_resume, progress=not a.quiet)
-    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+    leave_distributed()                                                            # the last step of a multi-process run
 
 def train_command(argv=None):
     "Command line: `advcl-train --out DIR [--config run.json] [--set key=value ...] [--no-resume]`."
