@@ -22,7 +22,9 @@ def setup_distributed(device):
     rank, world, local = dist_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    if world > 1 and device.type == 'cuda': device = torch.device('cuda', local)
+    if world > 1 and device.type == 'cuda':
+        device = torch.device('cuda', local)
+        torch.cuda.set_device(device)              # NCCL's collectives (the barrier too) run on this process's GPU
     return rank, world, device
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -58,7 +60,8 @@ def reduce_sums(d:dict, device):
 def leave_distributed():
     "End this process of a multi-process run: leave the process group and exit (code 0) without Python's shutdown; nothing in a single process."
     if not (dist.is_available() and dist.is_initialized()): return
-    dist.barrier()                                 # every process's collectives are done before any leaves
+    gpu = dist.get_backend() == 'nccl'
+    dist.barrier(device_ids=[torch.cuda.current_device()] if gpu else None)   # every process's collectives are done before any leaves
     dist.destroy_process_group()
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0)
