@@ -211,13 +211,15 @@ SQUARE_CHECK = 0.002      # auto-attack's checks.check_square_sr: Square lowerin
 CURVE_RISE = 0.02         # accuracy rising by more than this from one eps of the robustness curve to a larger one
 CURVE_FLOOR = 0.10        # accuracy at the end of a curve reaching 3 x eps above which it "does not fall towards 0"
 
+def _reaches_3_eps(end:float, eps:float): return end >= 3 * eps - 1e-9      # a curve long enough for the floor check
+
 def _curve_rises(curves, eps:float):
     "Does the mean robustness curve rise anywhere, or start above the floor and stay above it at three times `eps` or more?"
     curves = [c for c in curves if isinstance(c, list) and c]
     if not curves: return False
     acc = [round(sum(c[k]['acc'] for c in curves) / len(curves), 6) for k in range(len(curves[0]))]   # float32 counts: 0.1 is 0.1000000015
     rises = any(b > a + CURVE_RISE for a, b in zip(acc, acc[1:]))
-    return rises or (curves[0][-1]['eps'] >= 3 * eps - 1e-9 and acc[0] > CURVE_FLOOR and acc[-1] > CURVE_FLOOR)
+    return rises or (_reaches_3_eps(curves[0][-1]['eps'], eps) and acc[0] > CURVE_FLOOR and acc[-1] > CURVE_FLOOR)
 
 def _square_drop(g):
     "How much Square took off robust accuracy after APGD and FAB-T (a fraction, mean over seeds)."
@@ -253,7 +255,7 @@ def _checks_text(models):
 def _strength_lines(models, outs, eps, curve_images:str|None=None): # e.g. '20 test images per class'
     "The table of PGD's overestimate against AutoAttack and the signs of gradient masking, per model."
     ends = sorted({c[-1]['eps'] for c in models['curve'] if isinstance(c, list) and c}) if 'curve' in models else []
-    short = [e for e in ends if e < 3 * eps - 1e-9]
+    short = [e for e in ends if not _reaches_3_eps(e, eps)]
     at = ', '.join([f"eps {', '.join(f'{e:g}' for e in ends)}"] * bool(ends) + [curve_images] * bool(curve_images))
     lines = ["PGD − AutoAttack: how much PGD overestimates robust accuracy, paired on AutoAttack's images (95% bootstrap interval). "
              + _checks_text(models), '',

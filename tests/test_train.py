@@ -101,11 +101,14 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tmp_path):
 def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
+def _two_processes(*argv, timeout=600):
+    "A Python script and its arguments in two processes on the CPU (gloo), through torchrun."
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()), *argv],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+
 def _torchrun(out, sets):
-    "advcl-train in two processes on the CPU (gloo), through torchrun."
-    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-                           str(BIN/'advcl-train'), '--out', str(out), '--quiet', '--set', *sets],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    "advcl-train in two processes."
+    return _two_processes(str(BIN/'advcl-train'), '--out', str(out), '--quiet', '--set', *sets)
 
 DDP = ['objective=joint', 'source=pool', 'n_per_class=20', 'epochs=2', 'batch_size=40', 'temperature=0.2', 'device=cpu',
        'arch_kwargs={"norm": "group"}', 'attack={"kind": "pgd", "eps": 0.1, "alpha": 0.05, "steps": 2}']
@@ -149,8 +152,7 @@ def test_a_multi_process_run_exits_cleanly(tmp_path):
     Without its last line this script aborted in 15 of 24 two-process runs here (AMD EPYC, 2 cores)."""
     (script := tmp_path/'provoke.py').write_text(PROVOKE)
     for _ in range(4):
-        r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()), str(script)],
-                           capture_output=True, text=True, timeout=120, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        r = _two_processes(str(script), timeout=120)
         assert r.returncode == 0, r.stderr[-3000:]
 
 def test_compiled_run_trains_like_eager(tmp_path):
