@@ -16,8 +16,9 @@ from .train import total_epochs
 
 # %% auto 0
 __all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR',
-           'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts', 'against_control',
-           'accuracy_figure', 'curve_figure', 'verdict_figure', 'lambda_figure', 'budget_figure', 'write_report']
+           'RATIOS', 'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts',
+           'against_control', 'accuracy_figure', 'curve_figure', 'verdict_figure', 'lambda_figure', 'budget_figure',
+           'write_report']
 
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
@@ -34,11 +35,12 @@ def _record_fields(rec, epochs:int|None=None): # the epochs its training plan ha
     row['train_threads'] = threads.pop() if len(threads) == 1 else None   # None: a GPU, mixed, or a history without them
     train = rec.seconds.get('train', 0)                               # a resumed run's train phase: only what it redid
     row['train_time'] = max(train, row['epoch_time']) if epochs is None or len(rec.history) >= epochs else math.nan
-    row['compute_time'] = sum(rec.seconds.values()) - train + row['train_time']
+    row['other_time'] = sum(rec.seconds.values()) - train                # pools, evaluation, ...: everything but training
+    row['compute_time'] = row['other_time'] + row['train_time']
     env, amp = rec.environment, rec.settings.get('train', {}).get('amp')
     return row | dict(device=env['device_name'], threads=env.get('cpu_threads') if env.get('device_kind') == 'cpu' else None,
                       precision='bf16 autocast' if autocast_on(env.get('device_kind'), amp) else 'fp32',
-                      torch=env['torch'], git_commit=env['git_commit'], curve=rec.curve)
+                      torch=env['torch'], git_commit=env['git_commit'], code_diff=bool(env.get('git_diff')), curve=rec.curve)
 
 HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 'amp', 'compile', 'channels_last')
 
@@ -170,7 +172,8 @@ def _verdict_lines(vs, reference):
     lines = [f"Reference: **{reference}**, named in the profile. Each difference is the model's accuracy minus the "
              f"reference's on the same test images (AutoAttack: {n.n_images if n else '—'} images; clean: {vs[0]['clean'].n_images if vs else '—'}), "
              f"averaged over {_count(n.n_seeds, 'seed') if n else '— seeds'}, with a 95% confidence interval [low, high] from a paired bootstrap over "
-             "images and seeds. Better or worse only where the interval excludes zero. 'Reaches' the reference: both lower ends above "
+             f"images{' and seeds' if n and n.n_seeds > 1 else ''}. Better or worse only where the whole interval lies above or below zero "
+             "(an interval that ends at zero includes it). 'Reaches' the reference: both lower ends above "
              f"−0.01 (not more than one point below it on either); 'no': an interval wholly below −0.01.{_seeds_note(_fewest_seeds(vs)) if n else ''}", '',
              '| Model | objective | AutoAttack − reference | | clean − reference | | reaches the reference? |', '|---|---|---|---|---|---|---|']
     lines += [f"{_difference_cells(v)} {v['reaches']} |" for v in vs]
@@ -196,15 +199,16 @@ def _control_lines(vs, control):
              '| Model | objective | AutoAttack − control | | clean − control | |', '|---|---|---|---|---|---|']
     lines += [_difference_cells(v) for v in vs]
     said = {k: [v['name'] for v in vs if v['autoattack'].verdict == k] for k in ('better', 'worse', 'undetermined')}
-    return lines + ['', 'Under AutoAttack, against the control: ' + '; '.join(f"{k} for {', '.join(n)}" for k, n in said.items() if n) + '.']
+    which = ' (one run of each model: these models on these images, not their training methods)' if _fewest_seeds(vs) == 1 else ''
+    return lines + ['', f'Under AutoAttack, against the control{which}: ' + '; '.join(f"{k} for {', '.join(n)}" for k, n in said.items() if n) + '.']
 
 def _device_note(models, names, other:str):
-    "A line naming the models of `names` that finished on another device, or trained in another precision, than `other`; or none."
-    cols = [c for c in ('device', 'precision') if c in models]
+    "A line naming the models of `names` that finished on another device, trained in another precision, or ran other code than `other`; or none."
+    cols = [c for c in ('device', 'precision', 'git_commit') if c in models]
     dev = lambda n: '; '.join(sorted({', '.join(str(v) for v in r) for r in models.loc[models.name == n, cols].dropna().itertuples(index=False)}))
     odd = [n for n in names if dev(n) != dev(other)]
-    return ['', f"On another device or in another training precision than {other} ({dev(other)}): " + ', '.join(f"{n} ({dev(n)})" for n in odd) +
-            "; their differences include any effect of the device and precision."] if odd else []
+    return ['', f"On another device, in another training precision or at another commit of the code than {other} ({dev(other)}): " +
+            ', '.join(f"{n} ({dev(n)})" for n in odd) + "; their differences include any effect of these."] if odd else []
 
 # %% ../nbs/11_report.ipynb 18
 SQUARE_CHECK = 0.002      # auto-attack's checks.check_square_sr: Square lowering robust accuracy by more than this
@@ -360,7 +364,7 @@ def budget_figure(models, path):
 
 # %% ../nbs/11_report.ipynb 27
 def _unknown_time(done):
-    n = int(done['compute_time'].isna().sum())
+    n = int(done['train_time'].isna().sum())
     return f", not counting the training of {_count(n, 'run')} whose record lacks its epochs (— in the runs table)" if n else ''
 
 def _missing_note(df, done):
@@ -369,26 +373,38 @@ def _missing_note(df, done):
     return f" Rows with no finished run yet, so absent from every table and verdict below: {', '.join(missing)}." if missing else ''
 
 def _dirty_note(done):
-    "What `+dirty` in the list of commits means, where it appears."
-    if not done['git_commit'].astype(str).str.endswith('+dirty').any(): return ''
-    return (" (`+dirty`: the code had changes not committed when the run ran; a record keeps them as "
-            "`environment.git_diff` where it has that field)")
+    "What `+dirty` in the list of commits means, where it appears, and which of those records lack the changes."
+    dirty = done[done['git_commit'].astype(str).str.endswith('+dirty')]
+    if dirty.empty: return ''
+    lost = dirty[~dirty['code_diff'].fillna(False).astype(bool)] if 'code_diff' in dirty else dirty
+    return (" (`+dirty`: the code had changes not committed when the run ran; a record keeps them as `environment.git_diff`" +
+            (f"; {'none of these ' if len(lost) == len(dirty) else f'{len(lost)} of these '}{_count(len(dirty), 'record')} "
+             f"{'has' if len(lost) == len(dirty) else 'lacks' if len(lost) == 1 else 'lack'} it ({', '.join(lost['run_id'])}): they name only the commit" if len(lost) else '') + ")")
+
+def _cells_note(done):
+    "What a table cell is: one run's value, or a mean ± SD over seeds."
+    per_row = done[done['role'] != 'proxy'].groupby('name')['seed'].nunique()
+    if per_row.max() == 1: return "In the tables each cell is the value of one run (one seed, so no spread between training runs to show)"
+    return ("In the tables each cell is the mean over seeds ± the sample standard deviation over seeds (the spread between training runs, "
+            "not a confidence interval)" + (", or one run's value where a row has one seed" if per_row.min() == 1 else ''))
 
 def _header_lines(prof, df, done, ans):
     "What the report is, where its numbers come from, how they were made."
-    p, total = prof['per_class'], done['compute_time'].sum() + sum(a['record'].seconds['analysis'] for a in ans)
+    p, seeds = prof['per_class'], sorted(done['seed'].unique().tolist())
+    total = (done['other_time'] + done['train_time'].fillna(0)).sum() + sum(a['record'].seconds['analysis'] for a in ans)
+    of = f" of the profile's {sorted(prof['seeds'])}" if prof.get('seeds') and sorted(prof['seeds']) != seeds else ''
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
             f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
-            f"(`make report` for `quick`). Seeds: {sorted(done['seed'].unique().tolist())}. {len(done)} of {len(df)} runs finished"
-            f"{', and ' + _count(len(ans), 'analysis run') if ans else ''}; their compute time adds up to {total / 60:.1f} minutes"
+            f"(`make report` for `quick`). Seeds: {seeds}{of}. {len(done)} of {len(df)} runs finished"
+            f"{', and ' + _count(len(ans), 'analysis run') if ans else ''}; their compute time (each run's own seconds, added: runs side by side "
+            f"take less wall-clock time) adds up to {total / 60:.1f} minutes"
             f"{_unknown_time(done)}.{_missing_note(df, done)}", '',
             f"- device: {', '.join(sorted(done['device'].dropna().unique()))}; torch {', '.join(sorted(done['torch'].dropna().unique()))}",
             f"- git commit of the code: {', '.join(sorted(str(c) for c in done['git_commit'].unique()))}{_dirty_note(done)}",
             f"- data: {prof['train'].get('dataset')}, per class: {p.get('train') or 'all'} training images, {p.get('test') or 'all'} test images "
             f"(AutoAttack: {p.get('autoattack') or 'all'} per class); model `{prof['train'].get('arch')}` {prof['train'].get('arch_kwargs') or ''}",
             f"- threat model: {prof['threat']['norm']} eps {prof['threat']['eps']:g}", '',
-            "Rows are named as in the paper, `[attack used in training] - [training loss]`. In the tables each cell is the mean over seeds "
-            "± the sample standard deviation over seeds (the spread between training runs, not a confidence interval), and links to the "
+            f"Rows are named as in the paper, `[attack used in training] - [training loss]`. {_cells_note(done)}, and links to the "
             "executed notebook of its first seed; every seed's run is linked in the last column. The paper's columns are its ImageNet-1k / "
             "ResNet-50 values, quoted for reference: another data set and model, so compare directions, not values.", '']
 
@@ -410,10 +426,17 @@ def _mean_matrix(ans, key):
     frames = [pd.DataFrame(getattr(a['record'], key)).T for a in ans]
     return sum(frames) / len(frames)
 
+RATIOS = ('class_distance_ratio', 'shift_over_inter_class')      # ratios of distances: undefined when the features are one point
+
+def _embedding_value(m:dict, key:str):
+    "One model's embedding metric, or None for a ratio of distances where the features collapsed to one point (uniformity 0)."
+    return None if key in RATIOS and abs(m['uniformity']) < 1e-6 else m[key]
+
 def _analysis_lines(ans, folder:Path):
     "The transfer matrix and embedding analysis (means over seeds), with their figures."
     from advcl.analysis import plot_transfer
     seeds, a0 = ', '.join(f"[s{a['record'].seed}]({a['notebook']})" for a in ans), ans[0]
+    over = f"Means over the analysis runs {seeds}" if len(ans) > 1 else f"From the one analysis run {seeds}"
     tm = _mean_matrix(ans, 'transfer')
     fig, ax = _pyplot().subplots(figsize=(0.55 * len(tm) + 3.5, 0.45 * len(tm) + 2.5))
     plot_transfer(ax, tm); _save(fig, folder/'figures'/'transfer.png', dpi=110)
@@ -421,11 +444,13 @@ def _analysis_lines(ans, folder:Path):
                  shift_over_inter_class='shift / inter-class', probe_clean_acc='probe: clean', probe_adv_acc='probe: adversarial')
     lines = ['## Transfer matrix', '', f"{a0['record'].attack['description']} adversaries of each model's {a0['record'].n_test} test images, "
              "evaluated on every model: rows are the models the adversaries were made on, columns the models evaluated; the diagonal is "
-             f"white-box accuracy. Means over the analysis runs {seeds}.", '', '![Transfer matrix](figures/transfer.png)', '',
+             f"white-box accuracy. {over}.", '', '![Transfer matrix](figures/transfer.png)', '',
              '## Embedding analysis', '', "The penultimate features of each model (L2-normalised; definitions in `nbs/08_analysis.ipynb`). "
-             f"Mean ± SD over the analysis runs {seeds}.", '', '| Model | ' + ' | '.join(names.values()) + ' |', '|---|' + '---|' * len(names)]
+             f"{'Mean ± SD over the analysis runs ' + seeds if len(ans) > 1 else 'From the one analysis run ' + seeds}. A ratio of distances is "
+             "— where a model's features are all one point (uniformity 0): it is then 0/0.", '',
+             '| Model | ' + ' | '.join(names.values()) + ' |', '|---|' + '---|' * len(names)]
     for model in _mean_matrix(ans, 'embedding').index:
-        vals = [[a['record'].embedding[model][k] for a in ans if model in a['record'].embedding] for k in names]
+        vals = [[_embedding_value(a['record'].embedding[model], k) for a in ans if model in a['record'].embedding] for k in names]
         lines.append(f'| {model} | ' + ' | '.join(mean_sd(v, 3) for v in vals) + ' |')
     return lines + ['', f"Clean (dots) and adversarial (crosses) features in 2-D, seed {a0['record'].seed}:", '',
                     f"![Feature projections]({Path(a0['notebook']).parent/'projection.png'})", '']
@@ -498,7 +523,8 @@ def write_report(profile:str|Path|dict, out_root='reports'):
     if curve_figure(models, folder/'figures'/'robustness.png'): md += ['![Accuracy against eps](figures/robustness.png)', '']
     md += ['## Attacks', ''] + _attack_lines(runs, df) + ['']
     if len(proxy := done[done.role == 'proxy']): md += ['## The proxy', '', f"The SupCon attack's proxy: a separately trained `{prof['proxy'].get('arch')}` "
-                                                      f"{prof['proxy'].get('arch_kwargs') or ''} (data seed {prof['proxy'].get('data_seed')}); clean test accuracy {_cell(proxy, 'clean_acc')}.", '']
+                                                      f"{prof['proxy'].get('arch_kwargs') or ''} (data seed {prof['proxy'].get('data_seed')}); clean test accuracy {_cell(proxy, 'clean_acc')}"
+                                                      f"{' (mean ± SD over its seeds)' if len(proxy) > 1 else ''}.", '']
     if len(failed): md += ['## Failed runs', ''] + [f"- `{r.run_id}`: {r.error[:200]} ([notebook]({r.notebook}))" for r in failed.itertuples()] + ['']
     md += ['## Runs', ''] + _runs_lines(df, ans)
     text = '\n'.join(md) + '\n'

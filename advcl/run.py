@@ -22,8 +22,8 @@ from .evaluate import check_eval_strength, evaluate, evaluate_autoattack, robust
 # %% auto 0
 __all__ = ['ROLES', 'RECORD_FORMAT', 'ANALYSIS_FORMAT', 'Threat', 'Sizes', 'Evaluation', 'RunSettings', 'training_config',
            'test_sets', 'slug', 'train_pool_folder', 'shared_pool', 'RunRecord', 'write_record', 'read_record',
-           'read_outcomes', 'run_experiment', 'plot_history', 'plot_examples', 'AnalysisSettings', 'AnalysisRecord',
-           'read_analysis', 'run_analysis']
+           'read_outcomes', 'run_experiment', 'compare_runs', 'plot_history', 'plot_examples', 'AnalysisSettings',
+           'AnalysisRecord', 'read_analysis', 'run_analysis']
 
 # %% ../nbs/09_run.ipynb 5
 @dataclass(frozen=True)
@@ -225,6 +225,19 @@ def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its f
     return record
 
 # %% ../nbs/09_run.ipynb 22
+def compare_runs(a, # model A: a run folder, or a list of them (one per seed)
+                 b, # model B, the same
+                 evaluations=None): # the evaluations to compare (default: every one both have)
+    "Model A minus model B under each evaluation both were given, paired on their common images: {evaluation: `Difference`}."
+    from advcl.stats import paired_difference
+    def by_seed(folders):
+        folders = [folders] if isinstance(folders, (str, Path)) else folders
+        return {read_record(f).seed: read_outcomes(f) for f in folders}
+    A, B = by_seed(a), by_seed(b)
+    shared = sorted(set.intersection(*(set(o) for o in [*A.values(), *B.values()])))
+    return {k: paired_difference({s: o[k] for s, o in A.items()}, {s: o[k] for s, o in B.items()}) for k in evaluations or shared}
+
+# %% ../nbs/09_run.ipynb 26
 def plot_history(record:RunRecord):
     "The training loss and training accuracies of a run, per epoch (a matplotlib figure)."
     import matplotlib.pyplot as plt, pandas as pd
@@ -257,7 +270,7 @@ def plot_examples(record:RunRecord, out_dir='.', n:int=8):
     fig.suptitle('predicted class (✗: wrong) of test images and of their white-box PGD adversaries', fontsize=9); fig.tight_layout()
     return fig
 
-# %% ../nbs/09_run.ipynb 25
+# %% ../nbs/09_run.ipynb 29
 @dataclass
 class AnalysisSettings:
     "One seed's cross-model analysis: a transfer matrix and the embedding analysis of every model of the seed."
@@ -297,7 +310,7 @@ def read_analysis(folder):
     if d.get('format') != ANALYSIS_FORMAT: raise ValueError(f"{folder}/metrics.json is not a {ANALYSIS_FORMAT} record: rerun the analysis.")
     return AnalysisRecord(**d)
 
-# %% ../nbs/09_run.ipynb 26
+# %% ../nbs/09_run.ipynb 30
 def _projection_figure(feats, y, names, path):
     "Clean and adversarial features of the models `names` in 2-D, one panel each, saved to `path`."
     import matplotlib; matplotlib.use('Agg')
