@@ -377,9 +377,10 @@ def _dirty_note(done):
     dirty = done[done['git_commit'].astype(str).str.endswith('+dirty')]
     if dirty.empty: return ''
     lost = dirty[~dirty['code_diff'].fillna(False).astype(bool)] if 'code_diff' in dirty else dirty
-    return (" (`+dirty`: the code had changes not committed when the run ran; a record keeps them as `environment.git_diff`" +
-            (f"; {'none of these ' if len(lost) == len(dirty) else f'{len(lost)} of these '}{_count(len(dirty), 'record')} "
-             f"{'has' if len(lost) == len(dirty) else 'lacks' if len(lost) == 1 else 'lack'} it ({', '.join(lost['run_id'])}): they name only the commit" if len(lost) else '') + ")")
+    note = " (`+dirty`: the code had changes not committed when the run ran; a record keeps them as `environment.git_diff`"
+    if len(lost) == len(dirty): note += f"; none of these {_count(len(dirty), 'record')} has it"
+    elif len(lost): note += f"; {len(lost)} of these {len(dirty)} records {'lacks' if len(lost) == 1 else 'lack'} it"
+    return note + (f" ({', '.join(lost['run_id'])}): they name only the commit)" if len(lost) else ")")
 
 def _cells_note(done):
     "What a table cell is: one run's value, or a mean ± SD over seeds."
