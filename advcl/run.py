@@ -231,10 +231,14 @@ def compare_runs(a, # model A: a run folder, or a list of them (one per seed)
     "Model A minus model B under each evaluation both were given, paired on their common images: {evaluation: `Difference`}."
     from advcl.stats import paired_difference
     def by_seed(folders):
-        folders = [folders] if isinstance(folders, (str, Path)) else folders
-        return {read_record(f).seed: read_outcomes(f) for f in folders}
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        seeds = [read_record(f).seed for f in folders]
+        if len(set(seeds)) < len(seeds): raise ValueError(f"Give each side one run per seed: {', '.join(map(str, folders))} have seeds {seeds}.")
+        return {s: read_outcomes(f) for s, f in zip(seeds, folders)}
     A, B = by_seed(a), by_seed(b)
     shared = sorted(set.intersection(*(set(o) for o in [*A.values(), *B.values()])))
+    if missing := [k for k in evaluations or [] if k not in shared]:
+        raise ValueError(f"Not evaluated in every run compared: {', '.join(missing)}. The runs share {', '.join(shared) or 'no evaluation'}.")
     return {k: paired_difference({s: o[k] for s, o in A.items()}, {s: o[k] for s, o in B.items()}) for k in evaluations or shared}
 
 # %% ../nbs/09_run.ipynb 26
