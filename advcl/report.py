@@ -376,7 +376,7 @@ def _dirty_note(done):
     "What `+dirty` in the list of commits means, where it appears, and which of those records lack the changes."
     dirty = done[done['git_commit'].astype(str).str.endswith('+dirty')]
     if dirty.empty: return ''
-    lost = dirty[~dirty['code_diff'].fillna(False).astype(bool)] if 'code_diff' in dirty else dirty
+    lost = dirty[~dirty['code_diff'].astype(bool)]
     note = " (`+dirty`: the code had changes not committed when the run ran; a record keeps them as `environment.git_diff`"
     if len(lost) == len(dirty): note += f"; none of these {_count(len(dirty), 'record')} has it"
     elif len(lost): note += f"; {len(lost)} of these {len(dirty)} records {'lacks' if len(lost) == 1 else 'lack'} it"
@@ -437,7 +437,8 @@ def _analysis_lines(ans, folder:Path):
     "The transfer matrix and embedding analysis (means over seeds), with their figures."
     from advcl.analysis import plot_transfer
     seeds, a0 = ', '.join(f"[s{a['record'].seed}]({a['notebook']})" for a in ans), ans[0]
-    over = f"Means over the analysis runs {seeds}" if len(ans) > 1 else f"From the one analysis run {seeds}"
+    one = len(ans) == 1
+    runs = f"the one analysis run {seeds}" if one else f"the analysis runs {seeds}"
     tm = _mean_matrix(ans, 'transfer')
     fig, ax = _pyplot().subplots(figsize=(0.55 * len(tm) + 3.5, 0.45 * len(tm) + 2.5))
     plot_transfer(ax, tm); _save(fig, folder/'figures'/'transfer.png', dpi=110)
@@ -445,9 +446,9 @@ def _analysis_lines(ans, folder:Path):
                  shift_over_inter_class='shift / inter-class', probe_clean_acc='probe: clean', probe_adv_acc='probe: adversarial')
     lines = ['## Transfer matrix', '', f"{a0['record'].attack['description']} adversaries of each model's {a0['record'].n_test} test images, "
              "evaluated on every model: rows are the models the adversaries were made on, columns the models evaluated; the diagonal is "
-             f"white-box accuracy. {over}.", '', '![Transfer matrix](figures/transfer.png)', '',
+             f"white-box accuracy. {'From' if one else 'Means over'} {runs}.", '', '![Transfer matrix](figures/transfer.png)', '',
              '## Embedding analysis', '', "The penultimate features of each model (L2-normalised; definitions in `nbs/08_analysis.ipynb`). "
-             f"{'Mean ± SD over the analysis runs ' + seeds if len(ans) > 1 else 'From the one analysis run ' + seeds}. A ratio of distances is "
+             f"{'From' if one else 'Mean ± SD over'} {runs}. A ratio of distances is "
              "— where a model's features are all one point (uniformity 0): it is then 0/0.", '',
              '| Model | ' + ' | '.join(names.values()) + ' |', '|---|' + '---|' * len(names)]
     for model in _mean_matrix(ans, 'embedding').index:
