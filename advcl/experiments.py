@@ -169,20 +169,21 @@ def _recorded_inputs(run:Run):
     return {paths[k]: v for k, v in rec.inputs.items() if paths[k] and paths[k] != 'dinov2_small'}
 
 def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of the runs finished so far (None: not checked)
-    "'done', 'todo', 'unfinished', 'failed', 'stale', 'recorded' or 'outdated' (see the table above)."
-    f = run.folder
+    "'done', 'todo', 'unfinished', 'failed', 'trained', 'stale', 'recorded' or 'outdated' (see the table above)."
+    f, model = run.folder, run.role != 'analysis'
     if not (f/'metrics.json').exists():
         if (f/'error.json').exists(): return 'failed'
         return 'unfinished' if (f/'params.json').exists() else 'todo'
-    try: rec = read_analysis(f) if run.role == 'analysis' else read_record(f)
+    try: rec = read_record(f) if model else read_analysis(f)
     except (ValueError, TypeError, KeyError): return 'stale'                  # another format
-    if rec.settings != run.settings.to_dict(): return 'stale'
-    if run.role != 'analysis' and _weights_of(run) != rec.weights: return 'recorded'
-    if run.role == 'analysis' and not all((run.folder.parent/i/'train'/'model.pt').is_file() for i in run.needs): return 'recorded'
+    same = rec.settings == run.settings.to_dict()
+    if not same and not (model and rec.settings.get('train') == run.settings.to_dict()['train']): return 'stale'
+    if model and _weights_of(run) != rec.weights: return 'recorded' if same else 'stale'
+    if not model and not all((run.folder.parent/i/'train'/'model.pt').is_file() for i in run.needs): return 'recorded'
     if weights is not None:
         current = {f'runs/{i}/train/model.pt': weights.get(i) for i in run.needs}
         if any(current.get(p) != d for p, d in _recorded_inputs(run).items()): return 'outdated'
-    return 'done'
+    return 'done' if same else 'trained'
 
 # %% ../nbs/10_experiments.ipynb 14
 def _kernel_manager():
@@ -206,8 +207,9 @@ def execute_run(run:Run, template:Path, status:str, log=print):
     "Execute one run's notebook with papermill (`status` from `run_status`); returns 'done' or 'failed'."
     import papermill as pm
     if status == 'stale': log(f"  {run.run_id}: finished with other settings; moved to {_move_stale(run)}")
-    if status in ('recorded', 'outdated'): log(f"  {run.run_id}: " + ("its record is here but not its weights: reproducing it" if status == 'recorded'
-                                                                     else "a model it depends on has changed: running it again"))
+    if status == 'outdated': log(f"  {run.run_id}: a model it depends on has changed; moved to {_move_stale(run)}, running it anew")
+    if status == 'recorded': log(f"  {run.run_id}: its record is here but not its weights: reproducing it")
+    if status == 'trained': log(f"  {run.run_id}: trained by these settings, evaluated by others: evaluating it again, keeping its training")
     (run.folder/'error.json').unlink(missing_ok=True)
     run.folder.mkdir(parents=True, exist_ok=True)
     params = dict(settings=run.settings.to_dict(), root='../..')

@@ -469,7 +469,7 @@ def _runs_lines(df, ans):
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
                     f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans] + [
                     '', "Device, threads and commit are those of the process that finished a run; a resumed run may have trained "
-                    "its earlier epochs under others."]
+                    "its earlier epochs under others, and a run evaluated again (its training kept) all of them."]
 
 # %% ../nbs/11_report.ipynb 31
 def _softmax_loss_note(k:int): # the data set's number of classes

@@ -200,19 +200,32 @@ def read_outcomes(folder):
 def _digest(path):
     return weights_digest(read_checkpoint(path)['model']) if path and Path(path).is_file() else None
 
-def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its folder in the report)
-                   root='.', # the report folder, which the settings' paths are relative to
-                   progress:bool=False):
-    "Everything one run of the matrix does (pools, training, evaluation, the record); returns its `RunRecord`."
-    out, cfg, dev = Path(out_dir), training_config(s, root), resolve_device(s.train.device)
-    proxy = functools.cache(lambda: load_proxy(cfg.proxy, dev))           # loaded once, if at all
-    train_data = load_data(cfg.dataset, 'train', cfg.data_root, cfg.n_per_class, cfg.data_seed)
-    sets, t0 = test_sets(s), time.time()
+def _trained(s:RunSettings, out:Path, inputs:dict):
+    "The model and training history of the finished run in `out` if it was trained by `s`'s training settings from `inputs` (its evaluation may differ); else None."
+    try: rec = read_record(out)
+    except (FileNotFoundError, ValueError, TypeError): return None
+    if rec.settings.get('train') != s.to_dict()['train'] or rec.inputs != inputs or _digest(out/'train'/'model.pt') != rec.weights: return None
+    return load_checkpoint(out/'train'/'model.pt')[0], rec.history
+
+def _train_model(s:RunSettings, cfg:TrainConfig, out:Path, proxy, dev, progress):
+    "Make the training pool a row needs and train (resuming from a checkpoint in `out`): the model, its history and seconds by phase."
+    train_data, t0 = load_data(cfg.dataset, 'train', cfg.data_root, cfg.n_per_class, cfg.data_seed), time.time()
     _train_pool(s, cfg, train_data, proxy, dev)
     seconds, t0 = dict(pools=time.time() - t0), time.time()
     sc_online = s.role == 'row' and cfg.attack.kind == 'sc' and cfg.source != 'pool'
     model, history = train(cfg, out/'train', data=train_data, embedder=proxy() if sc_online else None, progress=progress)
-    seconds['train'], t0 = time.time() - t0, time.time()
+    return model, history, seconds | dict(train=time.time() - t0)
+
+def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its folder in the report)
+                   root='.', # the report folder, which the settings' paths are relative to
+                   progress:bool=False):
+    "Everything one run of the matrix does (pools, training, evaluation, the record); returns its `RunRecord`. A finished run in `out_dir` trained by the same training settings from the same weights is evaluated again, not retrained."
+    out, cfg, dev = Path(out_dir), training_config(s, root), resolve_device(s.train.device)
+    proxy = functools.cache(lambda: load_proxy(cfg.proxy, dev))           # loaded once, if at all
+    inputs = dict(init=_digest(cfg.init), proxy=_digest(cfg.proxy))
+    if done := _trained(s, out, inputs): (model, history), seconds = done, dict(pools=0., train=0.)   # its history keeps the epochs' seconds
+    else: model, history, seconds = _train_model(s, cfg, out, proxy, dev, progress)
+    sets, t0 = test_sets(s), time.time()
     baseline = cfg.init if s.role == 'row' else out/'train'/'model.pt' if s.role == 'baseline' else None
     precomputed = _test_pools(s, cfg, root, sets['test'][0], proxy, baseline, dev)
     seconds['pools'] += time.time() - t0
@@ -220,7 +233,7 @@ def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its f
     index = {k: sets['autoattack' if k == 'autoattack' else 'test'][1] for k in results}
     outcomes = {k: (index[k].numpy(), r.pop('correct').numpy()) for k, r in results.items()}
     record = RunRecord(s.name, s.role, s.seed, s.to_dict(), results, curve, history, seconds | more, 'train/model.pt',
-                       weights_digest(model), dict(init=_digest(cfg.init), proxy=_digest(cfg.proxy)), environment(dev))
+                       weights_digest(model), inputs, environment(dev))
     write_record(out, record, outcomes)
     return record
 
@@ -241,7 +254,7 @@ def compare_runs(a, # model A: a run folder, or a list of them (one per seed)
         raise ValueError(f"Not evaluated in every run compared: {', '.join(missing)}. The runs share {', '.join(shared) or 'no evaluation'}.")
     return {k: paired_difference({s: o[k] for s, o in A.items()}, {s: o[k] for s, o in B.items()}) for k in evaluations or shared}
 
-# %% ../nbs/09_run.ipynb 26
+# %% ../nbs/09_run.ipynb 28
 def plot_history(record:RunRecord):
     "The training loss and training accuracies of a run, per epoch (a matplotlib figure)."
     import matplotlib.pyplot as plt, pandas as pd
@@ -274,7 +287,7 @@ def plot_examples(record:RunRecord, out_dir='.', n:int=8):
     fig.suptitle('predicted class (✗: wrong) of test images and of their white-box PGD adversaries', fontsize=9); fig.tight_layout()
     return fig
 
-# %% ../nbs/09_run.ipynb 29
+# %% ../nbs/09_run.ipynb 31
 @dataclass
 class AnalysisSettings:
     "One seed's cross-model analysis: a transfer matrix and the embedding analysis of every model of the seed."
@@ -314,7 +327,7 @@ def read_analysis(folder):
     if d.get('format') != ANALYSIS_FORMAT: raise ValueError(f"{folder}/metrics.json is not a {ANALYSIS_FORMAT} record: rerun the analysis.")
     return AnalysisRecord(**d)
 
-# %% ../nbs/09_run.ipynb 30
+# %% ../nbs/09_run.ipynb 32
 def _projection_figure(feats, y, names, path):
     "Clean and adversarial features of the models `names` in 2-D, one panel each, saved to `path`."
     import matplotlib; matplotlib.use('Agg')

@@ -108,6 +108,36 @@ def test_a_fresh_clone_reproduces_its_runs(tmp_path):
     listed = run([BIN/'advcl-experiments', 'list', '--profile', tmp_path/'p.json', '--out', tmp_path/'clone']).stdout
     assert listed.split()[::3] == ['done', 'done'], listed
 
+def test_a_new_evaluation_keeps_the_training_and_a_new_baseline_retrains_its_rows(tmp_path):
+    "An attack added to a profile's evaluation evaluates every model again without training it; a baseline trained anew makes its rows train anew."
+    prof = dict(SMOKE, rows=SMOKE['rows'][:2])
+    del prof['analysis']
+    p, runs = tmp_path/'p.json', tmp_path/'smoke'/'runs'
+    def drive(command='run'):
+        p.write_text(json.dumps(prof))
+        return run([BIN/'advcl-experiments', command, '--profile', p, '--out', tmp_path]).stdout
+    record = lambda r: json.loads((runs/r/'metrics.json').read_text())
+    drive()
+    before = {r: record(r) for r in ('proxy-s0', 'clean-s0', 'pgd-supcon-loss-s0')}
+    prof['evaluation'] = dict(prof['evaluation'], attacks=dict(prof['evaluation']['attacks'], pgd5={'kind': 'pgd', 'steps': 5, 'alpha': 0.025}))
+    status = lambda: [line.split()[0] for line in drive('list').splitlines()]
+    assert status() == ['trained'] * 3
+    out = drive()
+    assert out.count('evaluating it again, keeping its training') == 3 and not (runs/'_stale').exists(), out
+    for r, b in before.items():
+        a = record(r)
+        assert (a['weights'], a['history'], a['seconds']['train']) == (b['weights'], b['history'], 0), r
+        assert a['results']['clean'] == b['results']['clean'] | dict(seconds=a['results']['clean']['seconds']), r
+    assert 'pgd5' in record('pgd-supcon-loss-s0')['results'] and record('pgd-supcon-loss-s0')['results']['pgd']['acc'] == before['pgd-supcon-loss-s0']['results']['pgd']['acc']
+    assert status() == ['done'] * 3
+    prof['rows'] = [dict(prof['rows'][0], epochs=3), prof['rows'][1]]           # the baseline trained anew
+    out = drive()
+    assert 'clean-s0: finished with other settings' in out and 'pgd-supcon-loss-s0: a model it depends on has changed' in out, out
+    row, clean = record('pgd-supcon-loss-s0'), record('clean-s0')
+    assert row['inputs']['init'] == clean['weights'] != before['clean-s0']['weights']
+    assert row['weights'] != before['pgd-supcon-loss-s0']['weights'] and row['seconds']['train'] > 0 and len(row['history']) == 1
+    assert sorted(d.name.rsplit('-', 2)[0] for d in (runs/'_stale').iterdir()) == ['clean-s0', 'pgd-supcon-loss-s0']
+
 def test_bad_input_is_one_line_before_any_work(tmp_path):
     for args, says in [(['run', '--profile', 'nonesuch'], "No profile 'nonesuch'"),
                        (['run', '--set', 'batch_size=abc'], 'batch_size="abc" should be a whole number'),
