@@ -166,9 +166,16 @@ def to_dict(obj):
     return dataclasses.asdict(obj)
 
 # %% ../nbs/00_core.ipynb 28
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    "Each option's help ends with its default, unless the help says it already or there is none to say."
+    def _get_help_string(self, action):
+        d = action.default
+        if '(default' in (action.help or '') or action.required or d is None or d is False or d is argparse.SUPPRESS or d == []: return action.help
+        return super()._get_help_string(action)
+
 def command_parser(prog:str, description:str):
     "An `ArgumentParser` for an advcl command: every option's help ends with its default."
-    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=_DefaultsFormatter)
 
 def run_command(parser:argparse.ArgumentParser, main, # main(args), the command's work
                 argv=None):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_experiments.ipynb 2
 from __future__ import annotations
-import json, os, re, shutil, sys, time
+import difflib, json, os, re, shutil, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,13 +40,16 @@ def find_file(kind:str, name:str):
     raise FileNotFoundError(f"No {kind} {name!r}: looked for {rel} in {', '.join(map(str, _repo_dirs()))}. Known: {', '.join(known)}.")
 
 def apply_sets(profile:dict, sets:dict|None):
-    "`profile` with `--set` values: 'block.key' sets a key of a block (`per_class.test=50`), a plain key a `train` setting."
+    "`profile` with `--set` values: 'block.key' sets a key of a block (`per_class.test=50`), a plain key a `train` setting of every row (over a row's own)."
     p = json.loads(json.dumps(profile))
     for k, v in (sets or {}).items():
         block, _, key = k.rpartition('.')
         if block and block not in ('threat', 'per_class', 'train', 'evaluation', 'proxy', 'analysis'):
             raise SettingsError(f"--set {k}: no block {block!r} in a profile; use threat., per_class., train., evaluation., proxy. or analysis.")
+        if key in ROW_KEYS: raise SettingsError(f"--set {k}: a row's {key} is set in the profile, not for every run.")
         p.setdefault(block or 'train', {})[key] = v
+        if block in ('', 'train'):
+            for r in p.get('rows', []): r.update({key: v} if key in r and key != 'attack' else {})   # over a row's own (a row's attack is its kind)
     return p
 
 # %% ../nbs/10_experiments.ipynb 6
@@ -55,7 +58,10 @@ def load_profile(profile:str|Path, # a name in profiles/ ('quick', 'budget', 'fu
     "A profile, checked: its keys, its rows, and the settings of every run it plans (names and types), before any work."
     path = Path(profile) if str(profile).endswith('.json') else find_file('profile', profile)
     if not path.is_file(): raise FileNotFoundError(f"No profile file {path}.")
-    p = apply_sets(json.loads(path.read_text()), sets)
+    try: p = json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise SettingsError(f"Profile {path} is not valid JSON: {e}.") from None
+    if not isinstance(p, dict): raise SettingsError(f"Profile {path} should be a JSON object (name, seeds, rows, ...), not a {type(p).__name__}.")
+    p = apply_sets(p, sets)
     if unknown := sorted(set(p) - set(PROFILE_KEYS)): raise SettingsError(f"Profile {path}: unknown keys {unknown}; known: {', '.join(PROFILE_KEYS)}.")
     for key in ('name', 'seeds', 'rows'):
         if key not in p: raise SettingsError(f"Profile {path} has no {key!r}.")
@@ -146,7 +152,11 @@ def _analysis_run(p, seed, runs, root):
 
 def plan_runs(profile:dict, out_root='reports', seeds=None, only=None):
     "The runs of `profile` for `seeds` (default: the profile's), each after the runs it needs; `only` keeps these rows, what they need, and the rows already done (skipped, and in the seed's analysis)."
-    root, runs = Path(out_root)/profile['name'], []
+    root, runs, names = Path(out_root)/profile['name'], [], [r['name'] for r in profile['rows']]
+    if unknown := [n for n in only or [] if n not in names]:
+        near = difflib.get_close_matches(unknown[0], names, 1, 0.5) or [n for n in names if n.lower() == unknown[0].lower()]
+        raise SettingsError(f"--only {unknown[0]!r} is not a row of {profile['name']}" + (f" (did you mean {near[0]!r}?)" if near else '')
+                            + f"; its rows: {', '.join(names)}.")
     keep = lambda r: not only or r.name in only or r.role in ('proxy', 'baseline') or run_status(r) == 'done'  # done rows: skipped, analysed
     for seed in seeds if seeds is not None else profile['seeds']:
         mine = [r for r in _seed_runs(profile, seed, root) if keep(r)]
@@ -331,7 +341,7 @@ def _experiment_options(p):
     p.add_argument('--seeds', type=int, nargs='*', default=None, help="the seeds to run (default: the profile's)")
     p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too; the seed's analysis covers them and the rows already done)")
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
-                   help="settings for every run: a TrainConfig setting (data_root=/data), or block.key (per_class.test=50)")
+                   help="settings for every run: a TrainConfig setting (data_root=/data, epochs=1: over a row's own value), or block.key (per_class.test=50)")
     p.add_argument('--workers', type=int, default=None,
                    help="runs side by side on this machine, a Dask LocalCluster (default: one per core on a CPU; on a GPU the profile's gpu_workers, else one)")
     p.add_argument('--threads', type=int, default=None, help="CPU threads of each run (default: the cores over the workers)")
@@ -343,7 +353,7 @@ def _experiments_main(a):
         statuses = [(run_status(r), r) for r in plan_runs(prof, a.out, a.seeds, a.only)]
         for st, r in statuses: print(f"{st:10s} {r.run_id}  ({r.name})")
         counts = {st: sum(s == st for s, _ in statuses) for st in dict.fromkeys(s for s, _ in statuses)}
-        print(f"{len(statuses)} runs: " + ', '.join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
+        print(f"{len(statuses)} runs in {Path(a.out)/prof['name']/'runs'}: " + ', '.join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
     elif a.command == 'run':
         resolve_device(prof.get('train', {}).get('device', 'auto'))          # a GPU asked for and absent: say so before any work
         if any(n is not None and n < 1 for n in (a.workers, a.threads)): raise SettingsError("--workers and --threads must be at least 1.")

@@ -51,7 +51,7 @@ def setup_key(train) -> str:
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 def collect(profile:dict, out_root='reports'):
-    "A DataFrame of every planned model run (failed and missing ones with their status); writes `results.csv`."
+    "A DataFrame of every planned model run (failed and missing ones with their status); writes `results.csv` once a run has finished."
     import pandas as pd
     rows = []
     for run in plan_runs(profile, out_root):
@@ -65,8 +65,8 @@ def collect(profile:dict, out_root='reports'):
         elif row['status'] == 'failed': row['error'] = (run.folder/'error.json').read_text()[:300]
         rows.append(row)
     df = pd.DataFrame(rows)
-    out = Path(out_root)/profile['name']; out.mkdir(parents=True, exist_ok=True)
-    df.drop(columns=['curve'], errors='ignore').to_csv(out/'results.csv', index=False)
+    out = Path(out_root)/profile['name']
+    if df['status'].isin(FINISHED).any(): df.drop(columns=['curve'], errors='ignore').to_csv(out/'results.csv', index=False)
     return df
 
 def analyses(profile:dict, models, out_root='reports'):
@@ -514,7 +514,9 @@ def write_report(profile:str|Path|dict, out_root='reports'):
     folder, runs = Path(out_root)/prof['name'], plan_runs(prof, out_root)
     df = collect(prof, out_root)
     done = df[df.status.isin(FINISHED)]
-    if done.empty: raise FileNotFoundError(f"No finished runs in {folder/'runs'}: run `advcl-experiments run --profile {prof['name']}` first.")
+    if done.empty:
+        out = f" --out {out_root}" if str(out_root) != 'reports' else ''
+        raise FileNotFoundError(f"No finished runs in {folder/'runs'}: run `advcl-experiments run --profile {prof['name']}{out}` first.")
     (folder/'figures').mkdir(exist_ok=True)
     models, failed = done[done.role != 'proxy'], df[df.status == 'failed']
     ans = analyses(prof, models, out_root)

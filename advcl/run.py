@@ -188,7 +188,8 @@ def read_record(folder):
     "The `RunRecord` in `folder`; a `ValueError` if it is of another format."
     d = read_json(Path(folder)/'metrics.json')
     if d.get('format') != RECORD_FORMAT:
-        raise ValueError(f"{folder}/metrics.json is not a {RECORD_FORMAT} record (format {d.get('format')!r}): rerun the run to remake it.")
+        what = "a seed's analysis, not a model run" if str(d.get('format')).startswith('advcl.analysis') else 'rerun the run to remake it'
+        raise ValueError(f"{folder}/metrics.json is not a {RECORD_FORMAT} record (format {d.get('format')!r}): {what}.")
     return RunRecord(**d)
 
 def read_outcomes(folder):
@@ -245,6 +246,8 @@ def compare_runs(a, # model A: a run folder, or a list of them (one per seed)
     from advcl.stats import paired_difference
     def by_seed(folders):
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        if bad := [f for f in folders if not (Path(f)/'metrics.json').is_file()]:
+            raise ValueError(f"{bad[0]} is not a finished run's folder (no metrics.json): give a model run's folder, such as reports/quick/runs/clean-s0.")
         seeds = [read_record(f).seed for f in folders]
         if len(set(seeds)) < len(seeds): raise ValueError(f"Give each side one run per seed: {', '.join(map(str, folders))} have seeds {seeds}.")
         return {s: read_outcomes(f) for s, f in zip(seeds, folders)}
