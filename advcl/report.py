@@ -12,13 +12,14 @@ from .data import dataset_info
 from .experiments import load_profile, plan_runs, run_status
 from .run import read_analysis, read_outcomes, read_record
 from .stats import paired_difference
-from .train import total_epochs
+from .losses import LOSSES
+from .train import TWO_STAGE, total_epochs
 
 # %% auto 0
 __all__ = ['FINISHED', 'HOW_IT_RAN', 'PAPER', 'ACCURACY', 'LOSS', 'SUPCON', 'WITHIN', 'SQUARE_CHECK', 'CURVE_RISE', 'CURVE_FLOOR',
-           'RATIOS', 'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'mean_sd', 'table', 'verdicts',
-           'against_control', 'accuracy_figure', 'curve_figure', 'verdict_figure', 'lambda_figure', 'budget_figure',
-           'write_report']
+           'RATIOS', 'setup_key', 'collect', 'analyses', 'outcomes', 'by_seed', 'columns', 'mean_sd', 'table',
+           'verdicts', 'against_control', 'accuracy_figure', 'curve_figure', 'verdict_figure', 'lambda_figure',
+           'budget_figure', 'write_report']
 
 # %% ../nbs/11_report.ipynb 5
 FINISHED = ('done', 'recorded')          # a record with the run's settings (its weights may be absent: a fresh clone)
@@ -105,6 +106,11 @@ ACCURACY = {'pgd_acc': 'PGD (white-box)', 'sc_acc': 'SupCon attack', 'clean_acc'
 LOSS = {'pgd_loss': 'CE: PGD', 'sc_loss': 'CE: SupCon attack', 'clean_loss': 'CE: clean', 'pgd_softmax_loss': 'softmax loss: PGD',
         'clean_softmax_loss': 'softmax loss: clean'}
 
+def columns(prof:dict, kind:str='acc'): # 'acc' (Table 1) or 'loss' (Table 2)
+    "A table's columns: `ACCURACY` or `LOSS`, then each other evaluation attack of the profile, under its name in the profile."
+    known, label = (ACCURACY, '`{}`') if kind == 'acc' else (LOSS, 'CE: `{}`')
+    return known | {f'{k}_{kind}': label.format(k) for k in prof.get('evaluation', {}).get('attacks', {}) if f'{k}_{kind}' not in known}
+
 def mean_sd(values, digits:int=4):
     "'0.8123' for one value, '0.8123 ± 0.0040' (mean ± sample standard deviation) for several, '—' for none."
     v = [float(x) for x in values if x is not None and x == x]
@@ -130,7 +136,7 @@ def table(df, columns:dict, paper_cols=None):
     return '\n'.join(lines)
 
 # %% ../nbs/11_report.ipynb 12
-SUPCON = ('supcon', 'supcon_then_ce', 'supcon_retrained_head', 'joint', 'masked_distance')   # the objectives with a SupCon-like term
+SUPCON = (*(k for k, o in LOSSES.items() if o.on_features), *TWO_STAGE)   # the objectives with a SupCon-like term: a loss on the features
 WITHIN = 0.01             # "within one point" of the reference
 
 def _reaches(aa, clean):
@@ -267,7 +273,7 @@ def _strength_lines(models, outs, eps, curve_images:str|None=None): # e.g. '20 t
              '|---|---|---|---|---|---|']
     flagged = []
     for name, g in models.groupby('name', sort=False):
-        over = paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'autoattack'))
+        over = paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'autoattack')) if by_seed(outs, name, 'pgd') else '—'
         signs = [f"Square (−{100 * _square_drop(g):.1f} points)" if s == 'Square' else s for s in _evidence(g, outs, name, eps)]
         if signs: flagged.append(f"{name} ({', '.join(signs)})")
         last = mean_sd([c[-1]['acc'] for c in g['curve'] if isinstance(c, list) and c], 3)
@@ -415,8 +421,8 @@ def _attack_lines(runs, df):
     train = sorted({f"{r.settings.train.attack} ({r.settings.train.source})" for r in models if r.role == 'row'})
     ev = models[0].settings.evaluation
     lines = [f"- training: {a}" for a in train]
-    lines += [f"- evaluation `{k}`: {a}" + (", white-box against each model" if a.kind == 'pgd' else ", against the proxy, made once per seed")
-              for k, a in ev.attacks.items()]
+    lines += [f"- evaluation `{k}`: {a}" + (", against the proxy" + (", made once per seed" if k == 'sc' else '') if a.kind == 'sc' else
+                                            ", white-box against each model") for k, a in ev.attacks.items()]
     if 'pgd_baseline_acc' in df: lines.append("- evaluation `pgd_baseline`: the `pgd` attack made against the clean baseline, once per seed, given to every model (transfer)")
     lines.append(f"- robustness curve: PGD-{ev.curve_steps} with step 2.5·eps/steps at eps {ev.curve_eps}")
     if ev.autoattack: lines.append("- AutoAttack, standard: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), 100 iterations each; Square, 5,000 queries")
@@ -483,10 +489,10 @@ def _softmax_loss_note(k:int): # the data set's number of classes
 def _results_lines(prof, models, outs, folder, runs=()):
     "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
     paper, beyond, md = models[models.paper], models[~models.paper], []
-    md += ['## Table 1: accuracy', '', table(paper, ACCURACY, {'Adversarial': 0, 'Clean': 1}), '',
-           '## Table 2: cross-entropy loss', '', table(paper, LOSS, {'Adversarial loss': 2, 'Clean loss': 3}), '',
+    md += ['## Table 1: accuracy', '', table(paper, columns(prof), {'Adversarial': 0, 'Clean': 1}), '',
+           '## Table 2: cross-entropy loss', '', table(paper, columns(prof, 'loss'), {'Adversarial loss': 2, 'Clean loss': 3}), '',
            _softmax_loss_note(dataset_info(prof['train'].get('dataset', 'fashion_mnist'))['num_classes']), '']
-    if len(beyond): md += ['## Beyond the paper', '', table(beyond, ACCURACY), '', table(beyond, LOSS), '']
+    if len(beyond): md += ['## Beyond the paper', '', table(beyond, columns(prof)), '', table(beyond, columns(prof, 'loss')), '']
     if budget_figure(models, folder/'figures'/'budget.png'):
         md += ["Accuracy against the training budget, for rows of one training set-up (every setting but the epochs, the seed and paths) trained for several epochs (the labels: each model's minutes of "
                "training, the sum over its epochs, and its CPU threads where its history records them):", '', '![Accuracy against epochs](figures/budget.png)', '']

@@ -117,7 +117,8 @@ def plan(cfg:TrainConfig):
     if cfg.objective in LOSSES: return [Stage(cfg.objective, LOSSES[cfg.objective].params, cfg.epochs, cfg.lr, adv)]
     supcon = Stage('supcon', 'backbone', cfg.epochs, cfg.lr, adv)
     if cfg.objective == 'supcon_then_ce': return [supcon, Stage('ce', 'all', cfg.finetune_epochs, cfg.finetune_lr, adv)]
-    return [supcon, Stage('ce', 'head', cfg.finetune_epochs, cfg.finetune_lr, False)]      # supcon_retrained_head
+    if cfg.objective == 'supcon_retrained_head': return [supcon, Stage('ce', 'head', cfg.finetune_epochs, cfg.finetune_lr, False)]
+    raise ValueError(f"No stages for objective {cfg.objective!r}: a name in TWO_STAGE needs its own line in `plan`.")
 
 def total_epochs(cfg:TrainConfig) -> int:
     "How many epochs `cfg` trains, over all its stages."
