@@ -486,33 +486,59 @@ def _softmax_loss_note(k:int): # the data set's number of classes
             f"{hi(k):.2f} for this data set's {k:,}, {lo(1000):.2f} to {hi(1000):.2f} for the paper's 1,000. The paper's SC - CE Loss and "
             "SC - Both Loss rows are identical in both of its tables; they are quoted as printed.")
 
-def _results_lines(prof, models, outs, folder, runs=()):
-    "Tables 1 and 2, the rows beyond the paper, the verdicts and the evaluation's strength, with their figures."
-    paper, beyond, md = models[models.paper], models[~models.paper], []
-    md += ['## Table 1: accuracy', '', table(paper, columns(prof), {'Adversarial': 0, 'Clean': 1}), '',
-           '## Table 2: cross-entropy loss', '', table(paper, columns(prof, 'loss'), {'Adversarial loss': 2, 'Clean loss': 3}), '',
-           _softmax_loss_note(dataset_info(prof['train'].get('dataset', 'fashion_mnist'))['num_classes']), '']
+def _figure(folder, name:str, alt:str, draw): # draw(path) -> whether it drew a figure there
+    "The markdown of the figure `draw` writes to `figures/<name>`, or nothing where it had nothing to draw."
+    return [f'![{alt}](figures/{name})', ''] if draw(folder/'figures'/name) else []
+
+def _tables_lines(prof, models, folder):
+    "Tables 1 and 2 (the paper's rows beside its values), the rows beyond the paper, and the training budget's figure."
+    paper, beyond = models[models.paper], models[~models.paper]
+    md = ['## Table 1: accuracy', '', table(paper, columns(prof), {'Adversarial': 0, 'Clean': 1}), '',
+          '## Table 2: cross-entropy loss', '', table(paper, columns(prof, 'loss'), {'Adversarial loss': 2, 'Clean loss': 3}), '',
+          _softmax_loss_note(dataset_info(prof['train'].get('dataset', 'fashion_mnist'))['num_classes']), '']
     if len(beyond): md += ['## Beyond the paper', '', table(beyond, columns(prof)), '', table(beyond, columns(prof, 'loss')), '']
-    if budget_figure(models, folder/'figures'/'budget.png'):
-        md += ["Accuracy against the training budget, for rows of one training set-up (every setting but the epochs, the seed and paths) trained for several epochs (the labels: each model's minutes of "
-               "training, the sum over its epochs, and its CPU threads where its history records them):", '', '![Accuracy against epochs](figures/budget.png)', '']
-    if 'autoattack_acc' in models and prof.get('reference') in set(models['name']):
-        vs = verdicts(models, outs, prof['reference'])
-        md += ['## Verdicts against the reference', ''] + _verdict_lines(vs, prof['reference'])
-        md += _device_note(models, [v['name'] for v in vs], prof['reference']) + ['']
-        if vs and verdict_figure(vs, prof['reference'], folder/'figures'/'verdicts.png'): md += ['![Differences from the reference](figures/verdicts.png)', '']
-        control = prof.get('control')
-        control_ran = control in set(models['name'])
-        if control_ran and (cs := against_control(models, outs, control)):
-            md += ['## What the SupCon term adds', ''] + _control_lines(cs, control) + _device_note(models, [v['name'] for v in cs], control) + ['']
-        elif any(v['objective'] == 'joint' for v in vs):
-            md += ["The joint objective becomes plain adversarial training on clean and adversarial views as λ → 0: run the profile's "
-                   "`control` (the same training without the SupCon term) before crediting SupCon with a gain.", '']
-        if lambda_figure(models, folder/'figures'/'lambda.png', control, prof['reference']):
-            md += [f"The joint objective over λ (dotted: {prof['reference']}" + (f'; dashed: {control}, λ = 0' if control_ran else '') +
-                   '):', '', '![lambda sweep](figures/lambda.png)', '']
-    if 'autoattack_acc' in models: md += ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps'], _curve_images(runs)) + ['']
-    return md
+    budget = _figure(folder, 'budget.png', 'Accuracy against epochs', lambda path: budget_figure(models, path))
+    return md + (["Accuracy against the training budget, for rows of one training set-up (every setting but the epochs, the seed and paths) trained for several epochs (the labels: each model's minutes of "
+                  "training, the sum over its epochs, and its CPU threads where its history records them):", ''] + budget if budget else [])
+
+def _verdicts_section(prof, models, outs, folder):
+    "The verdicts against the reference, what the SupCon term adds against the control, and the sweep over λ."
+    reference, control = prof.get('reference'), prof.get('control')
+    if 'autoattack_acc' not in models or reference not in set(models['name']): return []
+    vs = verdicts(models, outs, reference)
+    md = ['## Verdicts against the reference', ''] + _verdict_lines(vs, reference) + _device_note(models, [v['name'] for v in vs], reference) + ['']
+    if vs: md += _figure(folder, 'verdicts.png', 'Differences from the reference', lambda path: verdict_figure(vs, reference, path))
+    control_ran = control in set(models['name'])
+    if control_ran and (cs := against_control(models, outs, control)):
+        md += ['## What the SupCon term adds', ''] + _control_lines(cs, control) + _device_note(models, [v['name'] for v in cs], control) + ['']
+    elif any(v['objective'] == 'joint' for v in vs):
+        md += ["The joint objective becomes plain adversarial training on clean and adversarial views as λ → 0: run the profile's "
+               "`control` (the same training without the SupCon term) before crediting SupCon with a gain.", '']
+    sweep = _figure(folder, 'lambda.png', 'lambda sweep', lambda path: lambda_figure(models, path, control, reference))
+    return md + ([f"The joint objective over λ (dotted: {reference}" + (f'; dashed: {control}, λ = 0' if control_ran else '') + '):', ''] + sweep
+                 if sweep else [])
+
+def _strength_section(prof, models, outs, runs):
+    "How much PGD overestimates robustness against AutoAttack, and the signs of gradient masking."
+    if 'autoattack_acc' not in models: return []
+    return ['## How strong the evaluation was', ''] + _strength_lines(models, outs, prof['threat']['eps'], _curve_images(runs)) + ['']
+
+def _figures_lines(models, folder):
+    "Every model's accuracies, and the robustness curves."
+    return (['## Figures', ''] + _figure(folder, 'accuracy.png', 'Clean and adversarial accuracy per model', lambda path: accuracy_figure(models, path))
+            + _figure(folder, 'robustness.png', 'Accuracy against eps', lambda path: curve_figure(models, path)))
+
+def _proxy_lines(prof, done):
+    "What the SupCon attack's proxy is, and its clean accuracy."
+    if not len(proxy := done[done.role == 'proxy']): return []
+    p = prof['proxy']
+    return ['## The proxy', '', f"The SupCon attack's proxy: a separately trained `{p.get('arch')}` {p.get('arch_kwargs') or ''} (data seed "
+            f"{p.get('data_seed')}); clean test accuracy {_cell(proxy, 'clean_acc')}{' (mean ± SD over its seeds)' if len(proxy) > 1 else ''}.", '']
+
+def _failed_lines(df):
+    "The runs that raised, with the start of their error."
+    failed = df[df.status == 'failed']
+    return ['## Failed runs', ''] + [f"- `{r.run_id}`: {r.error[:200]} ([notebook]({r.notebook}))" for r in failed.itertuples()] + [''] if len(failed) else []
 
 def write_report(profile:str|Path|dict, out_root='reports'):
     "Write `report.md` and `report.html` (with `results.csv` and figures) for `profile` from its saved runs."
@@ -524,20 +550,13 @@ def write_report(profile:str|Path|dict, out_root='reports'):
         out = f" --out {out_root}" if str(out_root) != 'reports' else ''
         raise FileNotFoundError(f"No finished runs in {folder/'runs'}: run `advcl-experiments run --profile {prof['name']}{out}` first.")
     (folder/'figures').mkdir(exist_ok=True)
-    models, failed = done[done.role != 'proxy'], df[df.status == 'failed']
-    ans = analyses(prof, models, out_root)
-    md = _header_lines(prof, df, done, ans) + _results_lines(prof, models, outcomes(models, folder), folder, runs)
-    if ans: md += _analysis_lines(ans, folder)
-    accuracy_figure(models, folder/'figures'/'accuracy.png')
-    md += ['## Figures', '', '![Clean and adversarial accuracy per model](figures/accuracy.png)', '']
-    if curve_figure(models, folder/'figures'/'robustness.png'): md += ['![Accuracy against eps](figures/robustness.png)', '']
-    md += ['## Attacks', ''] + _attack_lines(runs, df) + ['']
-    if len(proxy := done[done.role == 'proxy']): md += ['## The proxy', '', f"The SupCon attack's proxy: a separately trained `{prof['proxy'].get('arch')}` "
-                                                      f"{prof['proxy'].get('arch_kwargs') or ''} (data seed {prof['proxy'].get('data_seed')}); clean test accuracy {_cell(proxy, 'clean_acc')}"
-                                                      f"{' (mean ± SD over its seeds)' if len(proxy) > 1 else ''}.", '']
-    if len(failed): md += ['## Failed runs', ''] + [f"- `{r.run_id}`: {r.error[:200]} ([notebook]({r.notebook}))" for r in failed.itertuples()] + ['']
-    md += ['## Runs', ''] + _runs_lines(df, ans)
-    text = '\n'.join(md) + '\n'
+    models = done[done.role != 'proxy']
+    outs, ans = outcomes(models, folder), analyses(prof, models, out_root)
+    sections = [_header_lines(prof, df, done, ans), _tables_lines(prof, models, folder), _verdicts_section(prof, models, outs, folder),
+                _strength_section(prof, models, outs, runs), _analysis_lines(ans, folder) if ans else [], _figures_lines(models, folder),
+                ['## Attacks', ''] + _attack_lines(runs, df) + [''], _proxy_lines(prof, done), _failed_lines(df),
+                ['## Runs', ''] + _runs_lines(df, ans)]
+    text = '\n'.join(line for section in sections for line in section) + '\n'
     (folder/'report.md').write_text(text)
     _html(text, folder/'report.html', f"advcl report: {prof['name']}")
     return folder/'report.md'
