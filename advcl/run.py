@@ -272,9 +272,10 @@ def plot_history(record:RunRecord):
     return fig
 
 def plot_examples(record:RunRecord, out_dir='.', n:int=8):
-    "The first `n` test images and their white-box PGD adversaries, titled with the model's predictions (a figure)."
+    "The first `n` test images and their white-box PGD adversaries (the evaluation's `pgd` attack), titled with the model's predictions (a figure; None without that attack)."
     import matplotlib.pyplot as plt
     s = RunSettings.from_dict(record.settings)
+    if 'pgd' not in s.evaluation.attacks: return None
     model = _classifier(Path(out_dir)/record.model, 'cpu')
     test, _ = take(load_data(s.train.dataset, 'test', s.train.data_root), s.sizes.test, s.train.data_seed)
     x, y = next(iter(make_loader(test, n, num_workers=0)))
