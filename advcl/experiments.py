@@ -181,9 +181,8 @@ def _recorded_inputs(run:Run):
 def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of the runs finished so far (None: not checked)
     "'done', 'todo', 'unfinished', 'failed', 'trained', 'stale', 'recorded' or 'outdated' (see the table above)."
     f, model = run.folder, run.role != 'analysis'
-    if not (f/'metrics.json').exists():
-        if (f/'error.json').exists(): return 'failed'
-        return 'unfinished' if (f/'params.json').exists() else 'todo'
+    if (f/'error.json').exists(): return 'failed'                           # its last attempt raised (a re-evaluation keeps its old record)
+    if not (f/'metrics.json').exists(): return 'unfinished' if (f/'params.json').exists() else 'todo'
     try: rec = read_record(f) if model else read_analysis(f)
     except (ValueError, TypeError, KeyError): return 'stale'                  # another format
     same = rec.settings == run.settings.to_dict()
@@ -302,8 +301,8 @@ def default_threads(workers:int):
     "CPU threads of each run by default: the cores shared out among the workers."
     return max(1, _cores() // workers)
 
-def _eta(t_all, executed, left):
-    if not executed or not left: return ''
+def _eta(t_all, executed, left): # runs executed so far, and runs left (more than planned where a run turned out outdated)
+    if not executed or left <= 0: return ''
     s = (time.time() - t_all) / executed * left
     return f" (about {s / 60:.0f} min left)" if s >= 90 else f" (about {s:.0f} s left)"
 
@@ -341,7 +340,7 @@ def _experiment_options(p):
     p.add_argument('--seeds', type=int, nargs='*', default=None, help="the seeds to run (default: the profile's)")
     p.add_argument('--only', nargs='*', default=None, help="the rows to run, by name (their proxy and baseline run too; the seed's analysis covers them and the rows already done)")
     p.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
-                   help="settings for every run: a TrainConfig setting (data_root=/data, epochs=1: over a row's own value), or block.key (per_class.test=50)")
+                   help="settings for every run: a TrainConfig setting (data_root=/data; epochs=1 sets every row's, over its own value: proxy.epochs=1 the proxy's), or block.key (per_class.test=50)")
     p.add_argument('--workers', type=int, default=None,
                    help="runs side by side on this machine, a Dask LocalCluster (default: one per core on a CPU; on a GPU the profile's gpu_workers, else one)")
     p.add_argument('--threads', type=int, default=None, help="CPU threads of each run (default: the cores over the workers)")

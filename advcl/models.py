@@ -232,9 +232,10 @@ def read_checkpoint(path, map_location='cpu'):
     "The checkpoint dict in `path`, or a `CheckpointError` saying why it can't be read."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"No checkpoint at {path}.")
-    with open(path, 'rb') as f:
-        if f.read(4) != b'PK\x03\x04': raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; "
-                                                            "this file is not one): give the model.pt a training run wrote.")
+    with open(path, 'rb') as f: head = f.read(4)
+    if not head: raise CheckpointError(f"{path} is empty: delete it and re-create it (re-run the training that wrote it).")
+    if head != b'PK\x03\x04': raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file "
+                                                   "is not one): give the model.pt a training run wrote.")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if 'Weights only load failed' in str(e):

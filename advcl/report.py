@@ -36,11 +36,13 @@ def _record_fields(rec, epochs:int|None=None): # the epochs its training plan ha
     row['train_threads'] = threads.pop() if len(threads) == 1 else None   # None: a GPU, mixed, or a history without them
     train = rec.seconds.get('train', 0)                               # a resumed run's train phase: only what it redid
     row['train_time'] = max(train, row['epoch_time']) if epochs is None or len(rec.history) >= epochs else math.nan
-    row['other_time'] = sum(rec.seconds.values()) - train                # pools, evaluation, ...: everything but training
+    before = rec.trained or {}                                          # a model evaluated again: the run that trained it
+    row['other_time'] = sum(rec.seconds.values()) - train + sum(v for k, v in before.get('seconds', {}).items() if k != 'train')  # all but training
     row['compute_time'] = row['other_time'] + row['train_time']
     env, amp = rec.environment, rec.settings.get('train', {}).get('amp')
+    trained_on = before.get('environment', env).get('device_kind')
     return row | dict(device=env['device_name'], threads=env.get('cpu_threads') if env.get('device_kind') == 'cpu' else None,
-                      precision='bf16 autocast' if autocast_on(env.get('device_kind'), amp) else 'fp32',
+                      precision='bf16 autocast' if autocast_on(trained_on, amp) else 'fp32',
                       torch=env['torch'], git_commit=env['git_commit'], code_diff=bool(env.get('git_diff')), curve=rec.curve)
 
 HOW_IT_RAN = ('epochs', 'seed', 'init', 'proxy', 'pool', 'data_root', 'device', 'amp', 'compile', 'channels_last')

@@ -52,6 +52,11 @@ class Evaluation:
     transfer:bool = True          # the 'pgd' attack made against the clean baseline, given to every model
     batch_size:int = 500
 
+    def __post_init__(self):
+        if taken := sorted(set(self.attacks) & {'clean', 'pgd_baseline', 'autoattack'}):
+            raise ValueError(f"evaluation.attacks: {', '.join(taken)} names an evaluation of its own (clean images, the transfer from "
+                             "the baseline, AutoAttack): give the attack another name.")
+
 # %% ../nbs/09_run.ipynb 6
 ROLES = ('proxy', 'baseline', 'row')
 
@@ -176,6 +181,7 @@ class RunRecord:
     inputs:dict                   # digests of the weights the run depended on: {'init': ..., 'proxy': ...}
     environment:dict
     format:str = RECORD_FORMAT
+    trained:dict|None = None      # a model trained by an earlier run and evaluated again: that run's {'environment', 'seconds'}
 
 def write_record(folder, record:RunRecord, outcomes:dict): # evaluation -> (positions in the test split, correct)
     "Write `outcomes.npz`, then `metrics.json` (the mark of a finished run)."
@@ -202,19 +208,21 @@ def _digest(path):
     return weights_digest(read_checkpoint(path)['model']) if path and Path(path).is_file() else None
 
 def _trained(s:RunSettings, out:Path, inputs:dict):
-    "The model and training history of the finished run in `out` if it was trained by `s`'s training settings from `inputs` (its evaluation may differ); else None."
+    "The finished record in `out` if its model was trained by `s`'s training settings from `inputs` (its evaluation may differ); else None."
     try: rec = read_record(out)
     except (FileNotFoundError, ValueError, TypeError): return None
     if rec.settings.get('train') != s.to_dict()['train'] or rec.inputs != inputs or _digest(out/'train'/'model.pt') != rec.weights: return None
-    return load_checkpoint(out/'train'/'model.pt')[0], rec.history
+    return rec
 
-def _train_model(s:RunSettings, cfg:TrainConfig, out:Path, proxy, dev, progress):
-    "Make the training pool a row needs and train (resuming from a checkpoint in `out`): the model, its history and seconds by phase."
+def _train_model(s:RunSettings, cfg:TrainConfig, out:Path, inputs:dict, proxy, dev, progress):
+    "Make the training pool a row needs and train: the model, its history and seconds by phase. Training resumes from a checkpoint in `out` made from the same `inputs`, else starts afresh."
     train_data, t0 = load_data(cfg.dataset, 'train', cfg.data_root, cfg.n_per_class, cfg.data_seed), time.time()
     _train_pool(s, cfg, train_data, proxy, dev)
-    seconds, t0 = dict(pools=time.time() - t0), time.time()
+    seconds, t0, note = dict(pools=time.time() - t0), time.time(), out/'train'/'inputs.json'
+    resume = not note.exists() or read_json(note) == inputs                 # a checkpoint trained from other weights is not resumed
+    write_json(inputs, note)
     sc_online = s.role == 'row' and cfg.attack.kind == 'sc' and cfg.source != 'pool'
-    model, history = train(cfg, out/'train', data=train_data, embedder=proxy() if sc_online else None, progress=progress)
+    model, history = train(cfg, out/'train', data=train_data, embedder=proxy() if sc_online else None, resume=resume, progress=progress)
     return model, history, seconds | dict(train=time.time() - t0)
 
 def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its folder in the report)
@@ -224,8 +232,10 @@ def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its f
     out, cfg, dev = Path(out_dir), training_config(s, root), resolve_device(s.train.device)
     proxy = functools.cache(lambda: load_proxy(cfg.proxy, dev))           # loaded once, if at all
     inputs = dict(init=_digest(cfg.init), proxy=_digest(cfg.proxy))
-    if done := _trained(s, out, inputs): (model, history), seconds = done, dict(pools=0., train=0.)   # its history keeps the epochs' seconds
-    else: model, history, seconds = _train_model(s, cfg, out, proxy, dev, progress)
+    if before := _trained(s, out, inputs):                               # its history keeps the epochs' seconds
+        model, history, seconds = load_checkpoint(out/'train'/'model.pt')[0], before.history, dict(pools=0., train=0.)
+        trained = before.trained or dict(environment=before.environment, seconds=before.seconds)
+    else: (model, history, seconds), trained = _train_model(s, cfg, out, inputs, proxy, dev, progress), None
     sets, t0 = test_sets(s), time.time()
     baseline = cfg.init if s.role == 'row' else out/'train'/'model.pt' if s.role == 'baseline' else None
     precomputed = _test_pools(s, cfg, root, sets['test'][0], proxy, baseline, dev)
@@ -234,7 +244,7 @@ def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its f
     index = {k: sets['autoattack' if k == 'autoattack' else 'test'][1] for k in results}
     outcomes = {k: (index[k].numpy(), r.pop('correct').numpy()) for k, r in results.items()}
     record = RunRecord(s.name, s.role, s.seed, s.to_dict(), results, curve, history, seconds | more, 'train/model.pt',
-                       weights_digest(model), inputs, environment(dev))
+                       weights_digest(model), inputs, environment(dev), trained=trained)
     write_record(out, record, outcomes)
     return record
 
@@ -257,7 +267,7 @@ def compare_runs(a, # model A: a run folder, or a list of them (one per seed)
         raise ValueError(f"Not evaluated in every run compared: {', '.join(missing)}. The runs share {', '.join(shared) or 'no evaluation'}.")
     return {k: paired_difference({s: o[k] for s, o in A.items()}, {s: o[k] for s, o in B.items()}) for k in evaluations or shared}
 
-# %% ../nbs/09_run.ipynb 28
+# %% ../nbs/09_run.ipynb 30
 def plot_history(record:RunRecord):
     "The training loss and training accuracies of a run, per epoch (a matplotlib figure)."
     import matplotlib.pyplot as plt, pandas as pd
@@ -291,7 +301,7 @@ def plot_examples(record:RunRecord, out_dir='.', n:int=8):
     fig.suptitle('predicted class (✗: wrong) of test images and of their white-box PGD adversaries', fontsize=9); fig.tight_layout()
     return fig
 
-# %% ../nbs/09_run.ipynb 31
+# %% ../nbs/09_run.ipynb 33
 @dataclass
 class AnalysisSettings:
     "One seed's cross-model analysis: a transfer matrix and the embedding analysis of every model of the seed."
@@ -331,7 +341,7 @@ def read_analysis(folder):
     if d.get('format') != ANALYSIS_FORMAT: raise ValueError(f"{folder}/metrics.json is not a {ANALYSIS_FORMAT} record: rerun the analysis.")
     return AnalysisRecord(**d)
 
-# %% ../nbs/09_run.ipynb 32
+# %% ../nbs/09_run.ipynb 34
 def _projection_figure(feats, y, names, path):
     "Clean and adversarial features of the models `names` in 2-D, one panel each, saved to `path`."
     import matplotlib; matplotlib.use('Agg')
