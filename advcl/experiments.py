@@ -363,7 +363,7 @@ def _experiments_main(a):
         print(write_report(prof, a.out))
 
 def main(argv=None):
-    "Command line: `advcl-experiments {run,report,list} --profile NAME [...]` (see `--help`)."
+    "Command line: `advcl-experiments {run,report,status} --profile NAME [...]` (see `--help`)."
     p = command_parser('advcl-experiments', "Run the paper's experiment matrix as papermill notebooks, and report it.")
     _experiment_options(p)
     return run_command(p, _experiments_main, argv)
