@@ -108,6 +108,11 @@ def _blocks(p):
 PLANNED = dict(n_per_class='per_class.train', seed='seeds', init='the plan (rows start from the baseline)',
                proxy="the profile's proxy", pool='the plan (pools/)')
 
+def _of_paper(row:dict):
+    "Is the row one of the paper's Tables 1 and 2: as it says, else by its name."
+    from advcl.report import PAPER          # the paper's rows and values (imported here: the report reads profiles)
+    return row.get('paper', row['name'] in PAPER)
+
 def _run_settings(p, row, seed, role, paths):
     "The `RunSettings` of one model run of profile `p`."
     threat, sizes, evaluation, train, attack_defaults = _blocks(p)
@@ -118,7 +123,8 @@ def _run_settings(p, row, seed, role, paths):
     if role == 'row': cfg['attack'] = _attack(own['attack'], threat, attack_defaults)
     else: cfg |= dict(objective='ce', source='none', attack=_attack('pgd', threat, attack_defaults))
     if role == 'row' and cfg['source'] == 'pool': cfg['pool'] = train_pool_folder(cfg['attack'], seed)
-    return RunSettings(row['name'], role, seed, from_dict(TrainConfig, cfg, row['name']), threat, sizes, evaluation, row.get('paper', True))
+    paper = True if role == 'proxy' else _of_paper(row)                    # the proxy is in no table: its flag is unread
+    return RunSettings(row['name'], role, seed, from_dict(TrainConfig, cfg, row['name']), threat, sizes, evaluation, paper)
 
 # %% ../nbs/10_experiments.ipynb 9
 def _seed_runs(p, seed, root):
@@ -137,7 +143,7 @@ def _seed_runs(p, seed, root):
         rid = bid if role == 'baseline' else f'{slug(r["name"])}-s{seed}'
         paths = dict(proxy=proxy_path) | (dict(init=model(bid)) if role == 'row' else {})
         runs.append(Run(rid, r['name'], role, seed, _run_settings(p, r, seed, role, paths), root/'runs'/rid,
-                        needs + ([bid] if role == 'row' else []), r.get('paper', True)))
+                        needs + ([bid] if role == 'row' else []), _of_paper(r)))
     return runs
 
 def _analysis_run(p, seed, runs, root):
