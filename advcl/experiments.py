@@ -49,7 +49,8 @@ def apply_sets(profile:dict, sets:dict|None):
         if key in ROW_KEYS: raise SettingsError(f"--set {k}: a row's {key} is set in the profile, not for every run.")
         p.setdefault(block or 'train', {})[key] = v
         if block in ('', 'train'):
-            for r in p.get('rows', []): r.update({key: v} if key in r and key != 'attack' else {})   # over a row's own (a row's attack is its kind)
+            for r in p.get('rows', []):
+                if key in r and key != 'attack': r[key] = v                  # over a row's own (a row's attack is its kind)
     return p
 
 # %% ../nbs/10_experiments.ipynb 6
@@ -142,8 +143,8 @@ def _seed_runs(p, seed, root):
         role = r.get('role', 'row')
         rid = bid if role == 'baseline' else f'{slug(r["name"])}-s{seed}'
         paths = dict(proxy=proxy_path) | (dict(init=model(bid)) if role == 'row' else {})
-        runs.append(Run(rid, r['name'], role, seed, _run_settings(p, r, seed, role, paths), root/'runs'/rid,
-                        needs + ([bid] if role == 'row' else []), _of_paper(r)))
+        s = _run_settings(p, r, seed, role, paths)
+        runs.append(Run(rid, r['name'], role, seed, s, root/'runs'/rid, needs + ([bid] if role == 'row' else []), s.paper))
     return runs
 
 def _analysis_run(p, seed, runs, root):
@@ -191,8 +192,9 @@ def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of t
     if not (f/'metrics.json').exists(): return 'unfinished' if (f/'params.json').exists() else 'todo'
     try: rec = read_record(f) if model else read_analysis(f)
     except (ValueError, TypeError, KeyError): return 'stale'                  # another format
-    same = rec.settings == run.settings.to_dict()
-    if not same and not (model and rec.settings.get('train') == run.settings.to_dict()['train']): return 'stale'
+    mine = run.settings.to_dict()
+    same = rec.settings == mine
+    if not same and not (model and rec.settings.get('train') == mine['train']): return 'stale'
     if model and _weights_of(run) != rec.weights: return 'recorded' if same else 'stale'
     if not model and not all((run.folder.parent/i/'train'/'model.pt').is_file() for i in run.needs): return 'recorded'
     if weights is not None:

@@ -275,7 +275,8 @@ def _strength_lines(models, outs, eps, curve_images:str|None=None): # e.g. '20 t
              '|---|---|---|---|---|---|']
     flagged = []
     for name, g in models.groupby('name', sort=False):
-        over = paired_difference(by_seed(outs, name, 'pgd'), by_seed(outs, name, 'autoattack')) if by_seed(outs, name, 'pgd') else '—'
+        pgd = by_seed(outs, name, 'pgd')
+        over = paired_difference(pgd, by_seed(outs, name, 'autoattack')) if pgd else '—'
         signs = [f"Square (−{100 * _square_drop(g):.1f} points)" if s == 'Square' else s for s in _evidence(g, outs, name, eps)]
         if signs: flagged.append(f"{name} ({', '.join(signs)})")
         last = mean_sd([c[-1]['acc'] for c in g['curve'] if isinstance(c, list) and c], 3)

@@ -208,11 +208,13 @@ def _digest(path):
     return weights_digest(read_checkpoint(path)['model']) if path and Path(path).is_file() else None
 
 def _trained(s:RunSettings, out:Path, inputs:dict):
-    "The finished record in `out` if its model was trained by `s`'s training settings from `inputs` (its evaluation may differ); else None."
+    "The finished record in `out` and its model, if the model was trained by `s`'s training settings from `inputs` (its evaluation may differ); else None."
     try: rec = read_record(out)
     except (FileNotFoundError, ValueError, TypeError): return None
-    if rec.settings.get('train') != s.to_dict()['train'] or rec.inputs != inputs or _digest(out/'train'/'model.pt') != rec.weights: return None
-    return rec
+    path = out/'train'/'model.pt'
+    if rec.settings.get('train') != s.to_dict()['train'] or rec.inputs != inputs or not path.is_file(): return None
+    model = load_checkpoint(path)[0]                                       # read once: its digest, then the model evaluated
+    return (rec, model) if weights_digest(model) == rec.weights else None
 
 def _train_model(s:RunSettings, cfg:TrainConfig, out:Path, inputs:dict, proxy, dev, progress):
     "Make the training pool a row needs and train: the model, its history and seconds by phase. Training resumes from a checkpoint in `out` made from the same `inputs`, else starts afresh."
@@ -232,9 +234,9 @@ def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its f
     out, cfg, dev = Path(out_dir), training_config(s, root), resolve_device(s.train.device)
     proxy = functools.cache(lambda: load_proxy(cfg.proxy, dev))           # loaded once, if at all
     inputs = dict(init=_digest(cfg.init), proxy=_digest(cfg.proxy))
-    if before := _trained(s, out, inputs):                               # its history keeps the epochs' seconds
-        model, history, seconds = load_checkpoint(out/'train'/'model.pt')[0], before.history, dict(pools=0., train=0.)
-        trained = before.trained or dict(environment=before.environment, seconds=before.seconds)
+    if done := _trained(s, out, inputs):                                 # its history keeps the epochs' seconds
+        (before, model), seconds = done, dict(pools=0., train=0.)
+        history, trained = before.history, before.trained or dict(environment=before.environment, seconds=before.seconds)
     else: (model, history, seconds), trained = _train_model(s, cfg, out, inputs, proxy, dev, progress), None
     sets, t0 = test_sets(s), time.time()
     baseline = cfg.init if s.role == 'row' else out/'train'/'model.pt' if s.role == 'baseline' else None
