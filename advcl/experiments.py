@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_experiments.ipynb 2
 from __future__ import annotations
-import difflib, json, os, re, shutil, sys, time
+import difflib, functools, json, os, re, shutil, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,10 +171,16 @@ def plan_runs(profile:dict, out_root='reports', seeds=None, only=None):
     return runs
 
 # %% ../nbs/10_experiments.ipynb 12
+@functools.lru_cache(maxsize=256)
+def _digest_of(path:str, mtime_ns:int, size:int): return weights_digest(read_checkpoint(path)['model'])
+
+def _file_digest(path:Path):
+    "The digest of the weights in the checkpoint at `path` (read once while the file is unchanged), or None where there is none."
+    return _digest_of(str(path), (st := path.stat()).st_mtime_ns, st.st_size) if path.is_file() else None
+
 def _weights_of(run:Run):
     "The digest of a model run's weights if they are there, else None."
-    path = run.folder/'train'/'model.pt'
-    return weights_digest(read_checkpoint(path)['model']) if path.is_file() else None
+    return _file_digest(run.folder/'train'/'model.pt')
 
 def _recorded_inputs(run:Run):
     "What the record says the run read: {run id: weights digest}."
@@ -198,8 +204,9 @@ def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of t
     if model and _weights_of(run) != rec.weights: return 'recorded' if same else 'stale'
     if not model and not all((run.folder.parent/i/'train'/'model.pt').is_file() for i in run.needs): return 'recorded'
     if weights is not None:
-        current = {f'runs/{i}/train/model.pt': weights.get(i) for i in run.needs}
-        if any(current.get(p) != d for p, d in _recorded_inputs(run).items()): return 'outdated'
+        ours = {f'runs/{i}/train/model.pt': weights.get(i) for i in run.needs}
+        now = lambda p: ours[p] if p in ours else _file_digest(run.folder.parent.parent/p)   # a file of no run here (proxy.model)
+        if any(now(p) != d for p, d in _recorded_inputs(run).items()): return 'outdated'
     return 'done' if same else 'trained'
 
 # %% ../nbs/10_experiments.ipynb 14

@@ -138,6 +138,28 @@ def test_a_new_evaluation_keeps_the_training_and_a_new_baseline_retrains_its_row
     assert row['weights'] != before['pgd-supcon-loss-s0']['weights'] and row['seconds']['train'] > 0 and len(row['history']) == 1
     assert sorted(d.name.rsplit('-', 2)[0] for d in (runs/'_stale').iterdir()) == ['clean-s0', 'pgd-supcon-loss-s0']
 
+def test_a_proxy_from_a_file_counts_as_an_input(tmp_path):
+    "A profile's proxy.model (a checkpoint no run here makes): its runs stay done while the file is the same, and run anew once it changes."
+    from advcl.models import create_classifier, save_checkpoint, weights_digest
+    prof = dict(SMOKE, rows=SMOKE['rows'][:1], proxy={'model': 'proxy.pt'})
+    del prof['reference'], prof['analysis']
+    (tmp_path/'p.json').write_text(json.dumps(prof))
+    (tmp_path/'smoke').mkdir()
+    def proxy(seed):
+        __import__('torch').manual_seed(seed)
+        save_checkpoint(tmp_path/'smoke'/'proxy.pt', m := create_classifier('small_cnn', width=8))
+        return weights_digest(m)
+    drive = lambda: run([BIN/'advcl-experiments', 'run', '--profile', tmp_path/'p.json', '--out', tmp_path]).stdout
+    inputs = lambda: json.loads((tmp_path/'smoke'/'runs'/'clean-s0'/'metrics.json').read_text())['inputs']
+    first = proxy(0)
+    drive()
+    assert inputs()['proxy'] == first
+    out = drive()
+    assert 'clean-s0: skipped' in out and 'has changed' not in out and not (tmp_path/'smoke'/'runs'/'_stale').exists(), out
+    second = proxy(1)
+    out = drive()
+    assert 'clean-s0: a model it depends on has changed' in out and inputs()['proxy'] == second != first, out
+
 def test_bad_input_is_one_line_before_any_work(tmp_path):
     for args, says in [(['run', '--profile', 'nonesuch'], "No profile 'nonesuch'"),
                        (['run', '--set', 'batch_size=abc'], 'batch_size="abc" should be a whole number'),
