@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import autocast_on
-from .models import eval_mode
+from .models import Classifier, eval_mode
 
 # %% auto 0
 __all__ = ['NORMS', 'SC_NEEDS_RANDOM_START', 'ATTACKS', 'project_linf', 'project_l2', 'projected_gradient', 'attack_mode', 'pgd',
@@ -67,6 +67,7 @@ def projected_gradient(objective, # x_adv -> scalar to maximise (a per-image los
 # %% ../nbs/03_attacks.ipynb 12
 def _check_settings(eps, alpha, steps, norm):
     if not eps >= 0: raise ValueError(f"eps={eps} must be >= 0: the attack's radius in [0,1] pixel units (e.g. 0.1 for Fashion-MNIST, 4/255 for ImageNet).")
+    if norm == 'linf' and eps > 1: raise ValueError(f"eps={eps} is more than the whole [0,1] pixel range: give the L-inf radius in [0,1] units (8/255, not 8).")
     if not alpha > 0: raise ValueError(f"alpha={alpha} must be > 0: the step size (a common choice is 2.5 * eps / steps).")
     if int(steps) != steps or steps < 1: raise ValueError(f"steps={steps} must be a whole number >= 1.")
     if norm not in NORMS: raise ValueError(f"norm={norm!r} is not one of {NORMS}.")
@@ -114,6 +115,7 @@ def pgd(model:nn.Module, # a classifier on images in [0,1] (normalisation inside
         seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
     "Projected gradient descent (Madry et al. 2018) on the cross-entropy: adversarial images within `eps` of `x`."
     _check_settings(eps, alpha, steps, norm); _check_images(x, y)
+    if int(restarts) != restarts or restarts < 1: raise ValueError(f"restarts={restarts} must be a whole number >= 1.")
     g, sign = _generator(x, seed), -1. if targeted else 1.
     def run(xs, ys):
         return torch.cat([projected_gradient(lambda xa, yc=ys[c]: sign * F.cross_entropy(model(xa), yc), xs[c], eps, alpha, steps,
@@ -138,6 +140,8 @@ def embedding_attack(embedder:nn.Module, # the proxy: images in [0,1] -> embeddi
     "The paper's SupCon (SC) attack: PGD that maximises the mean squared distance between `embedder(x_adv)` and `embedder(x)`."
     _check_settings(eps, alpha, steps, norm); _check_images(x)
     if not random_start: raise ValueError(SC_NEEDS_RANDOM_START)
+    if isinstance(embedder, Classifier):
+        raise ValueError("embedder is a classifier, whose output is its logits: pass Embedder(classifier) to attack its features.")
     g, use_amp = _generator(x, seed), _amp(x, amp)
     out = []
     with attack_mode(embedder):
@@ -154,7 +158,7 @@ def fgsm(model:nn.Module, x:torch.Tensor, y:torch.Tensor, *, eps:float,
          alpha:float|None=None, # step size; default eps, or 1.25 * eps with a random start (Wong et al.)
          norm:str='linf', targeted:bool=False, seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
     "The fast gradient sign method (Goodfellow et al. 2015): one signed gradient step, optionally from a random start."
-    alpha = alpha or (1.25 * eps if random_start else eps) or 1.0
+    if alpha is None: alpha = (1.25 * eps if random_start else eps) or 1.0
     return pgd(model, x, y, eps=eps, alpha=alpha, steps=1, random_start=random_start, norm=norm,
                targeted=targeted, seed=seed, amp=amp, chunk_size=chunk_size)
 
@@ -183,7 +187,7 @@ class Attack:
     "An attack and its settings: `kind` in `ATTACKS`, radius, step size, steps, random start, norm, restarts (PGD)."
     kind:str='pgd'
     eps:float=0.1
-    alpha:float|None=None       # step size; None: 2.5 * eps / steps (Madry et al.), or 1.25 * eps for FGSM (Wong et al.)
+    alpha:float|None=None       # step size; None: 2.5 * eps / steps, or for FGSM 1.25 * eps from a random start (Wong et al.), eps without
     steps:int|None=None         # None: 10, or 1 for FGSM
     random_start:bool=True
     norm:str='linf'
@@ -191,10 +195,11 @@ class Attack:
 
     def __post_init__(self):
         if self.kind not in ATTACKS: raise ValueError(f"Unknown attack {self.kind!r}: use one of {', '.join(ATTACKS)}.")
-        steps = self.steps or (1 if self.kind == 'fgsm' else 10)
+        steps = (1 if self.kind == 'fgsm' else 10) if self.steps is None else self.steps
+        if int(steps) != steps or steps < 1: raise ValueError(f"steps={steps} must be a whole number >= 1.")
         if self.kind == 'fgsm' and steps != 1: raise ValueError(f"FGSM takes one step, not steps={steps}; use kind='pgd' for more.")
-        object.__setattr__(self, 'steps', steps)
-        default_alpha = 1.25 * self.eps if self.kind == 'fgsm' else 2.5 * self.eps / steps
+        object.__setattr__(self, 'steps', int(steps))
+        default_alpha = (1.25 * self.eps if self.random_start else self.eps) if self.kind == 'fgsm' else 2.5 * self.eps / steps
         if self.alpha is None: object.__setattr__(self, 'alpha', default_alpha or 1.0)
         _check_settings(self.eps, self.alpha, self.steps, self.norm)
         if self.kind == 'sc' and not self.random_start: raise ValueError(SC_NEEDS_RANDOM_START)

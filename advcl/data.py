@@ -92,11 +92,15 @@ def _fashion_mnist_folder(folder:Path):
 def _cache_dir(): return Path(os.environ.get('ADVCL_DATA') or Path.home()/'.cache'/'advcl')/'fashion-mnist'
 
 # %% ../nbs/01_data.ipynb 16
-def find_fashion_mnist(root=None, # a folder of your own, searched first
+def find_fashion_mnist(root=None, # a folder of your own: searched alone (a wrong one is an error, not a fallback)
                        download:bool=True): # try torchvision's download when nothing is found
     "The folder holding Fashion-MNIST's four IDX files; a `DataNotFoundError` listing where it looked if none."
+    if root is not None:
+        if found := _fashion_mnist_folder(Path(root)): return found
+        raise DataNotFoundError(f"No Fashion-MNIST in root={root} (" + ('none of its four IDX files there' if Path(root).is_dir() else 'no such folder')
+                                + "): give the folder that holds them, or leave root out to search $ADVCL_DATA and Debian's package.")
     looked = []
-    places = [('root=', root), ('$ADVCL_DATA', os.environ.get('ADVCL_DATA')), ('Debian', DEBIAN_FASHION_MNIST)]
+    places = [('$ADVCL_DATA', os.environ.get('ADVCL_DATA')), ('Debian', DEBIAN_FASHION_MNIST)]
     for what, place in places:
         if place is None: looked.append(f"{what}: not given"); continue
         if found := _fashion_mnist_folder(Path(place)): return found
@@ -160,6 +164,14 @@ def _shard(order:torch.Tensor, rank:int, world_size:int):
     return order[rank::world_size]
 
 # %% ../nbs/01_data.ipynb 30
+def _check_range(x:torch.Tensor):
+    "Raise unless `x` holds uint8 images, or float images in [0,1] (what every model and attack here takes)."
+    if x.dtype == torch.uint8: return
+    if not torch.is_floating_point(x): raise ValueError(f"Images must be uint8 (0-255) or float in [0, 1], not {x.dtype}.")
+    if len(x) and ((lo := x.min()) < 0 or (hi := x.max()) > 1):
+        raise ValueError(f"Images must be in [0, 1] (got min {lo.item():.3g}, max {hi.item():.3g}): divide 0-255 images by 255, "
+                         "and do not normalise them (advcl models normalise inside).")
+
 class TensorLoader:
     "Batches of an in-memory data set kept on `device`: float images in [0,1], labels, and optionally indices."
     def __init__(self, x:torch.Tensor, # images, uint8 (divided by 255 per batch) or float in [0,1]
@@ -169,6 +181,7 @@ class TensorLoader:
                  with_index:bool=False): # also yield each example's index into `x`
         if len(x) != len(y): raise ValueError(f"{len(x)} images but {len(y)} labels: they must match.")
         if batch_size < 1: raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        _check_range(x)
         self.device = torch.device(device or 'cpu')
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
@@ -269,6 +282,8 @@ def take(data, # `(images, labels)` tensors or a `Dataset` (with `targets`, as a
          n_per_class:int|None, # how many of each class (None: everything)
          seed:int=0):
     "A stratified subset of `data` and the positions of its images in `data`: `(subset, index)`."
+    if n_per_class is not None and not (int(n_per_class) == n_per_class and n_per_class >= 1):
+        raise ValueError(f"n_per_class={n_per_class} must be a whole number >= 1, or None for every image.")
     labels = data[1] if isinstance(data, tuple) else torch.tensor(data.targets)
     index = stratified_subset(labels, n_per_class, seed) if n_per_class else torch.arange(len(labels))
     if isinstance(data, tuple): return (data[0][index], data[1][index]), index

@@ -48,12 +48,13 @@ def evaluate(model, # the classifier to evaluate (images in [0,1])
              data, # test data: (images, labels) tensors or a Dataset
              attacks:dict|None=None, # name -> Attack, e.g. {'pgd': Attack('pgd', ...), 'sc': Attack('sc', ...)}
              embedder=None, # the proxy for SupCon attacks
-             precomputed:dict|None=None, # name -> adversarial images aligned with `data` (tensors only), used instead of attacking
+             precomputed:dict|None=None, # name -> adversarial images aligned with `data` (tensors only), used instead of attacks[name]
              batch_size:int=500, seed:int=0, device='cpu',
              amp:bool=False, # bf16 autocast for the attacks; off by default: evaluation is measured in fp32, as AutoAttack is
              progress:bool=False):
     "Clean and adversarial accuracy and mean cross-entropy of `model` on `data`, each image's outcome, seconds per attack."
     attacks, precomputed = attacks or {}, precomputed or {}
+    if 'clean' in attacks: raise ValueError("'clean' names the result on the clean images: give the attack another name.")
     if precomputed and not isinstance(data, tuple): raise ValueError("precomputed adversaries need tensor data, aligned with it.")
     parts, seconds = {name: [] for name in ['clean', *attacks]}, dict.fromkeys(['clean', *attacks], 0.)
     model, embedder = fold_batchnorm(model), fold_batchnorm(embedder)
@@ -81,13 +82,15 @@ def robustness_curve(model, data, eps_list, # radii to evaluate, in [0,1] pixel 
 
 # %% ../nbs/07_evaluate.ipynb 18
 def _autoattack_parts(model, eps:float, norm:str, n_classes:int, seed:int):
-    "The standard AutoAttack's attacks, in order, as torchattacks objects."
+    "The standard AutoAttack's attacks, in order, as torchattacks objects: the targeted two against the 9 classes scored highest after the true one (all the others where there are fewer)."
     import torchattacks as ta
     kw = dict(eps=eps, norm={'linf': 'Linf', 'l2': 'L2'}[norm], seed=seed, n_restarts=1)
-    return {'apgd-ce': ta.APGD(model, loss='ce', steps=100, **kw),
-            'apgd-t': ta.APGDT(model, steps=100, n_classes=n_classes, **kw),
-            'fab-t': ta.FAB(model, multi_targeted=True, steps=100, n_classes=n_classes, **kw),
-            'square': ta.Square(model, n_queries=5000, **kw)}
+    parts = {'apgd-ce': ta.APGD(model, loss='ce', steps=100, **kw),
+             'apgd-t': ta.APGDT(model, steps=100, n_classes=n_classes, **kw),
+             'fab-t': ta.FAB(model, multi_targeted=True, steps=100, n_classes=n_classes, **kw),
+             'square': ta.Square(model, n_queries=5000, **kw)}
+    for name in ('apgd-t', 'fab-t'): parts[name].n_target_classes = min(9, n_classes - 1)   # torchattacks takes every other class
+    return parts
 
 def autoattack(model, x:torch.Tensor, y:torch.Tensor, *, eps:float, n_classes:int=10, norm:str='linf', seed:int=0,
                batch_size:int=500, progress:bool=False):

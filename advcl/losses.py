@@ -28,6 +28,10 @@ def _positive_mask(n, labels, mask, device):
     return labels[:, None].to(device) == labels[None, :].to(device)
 
 # %% ../nbs/04_losses.ipynb 6
+def _check_temperatures(temperature, base_temperature):
+    for name, t in (('temperature', temperature), ('base_temperature', base_temperature)):
+        if not t > 0: raise ValueError(f"{name}={t} must be > 0 (SupCon divides the similarities by it; e.g. 0.1).")
+
 def supcon_loss(features:torch.Tensor, # [batch, views, dim] (or [batch, views, ...], flattened)
                 labels:torch.Tensor|None=None, # [batch]: positives are images with equal labels
                 mask:torch.Tensor|None=None, # [batch, batch]: mask[i, j] says image j is a positive for i
@@ -37,6 +41,7 @@ def supcon_loss(features:torch.Tensor, # [batch, views, dim] (or [batch, views, 
     "Supervised contrastive loss, Khosla et al. 2020 Eq. 2 (L_out), as in the authors' reference code."
     if features.ndim < 3: raise ValueError(f"features must be [batch, views, dim]; got shape {tuple(features.shape)}. Use stack_views.")
     if contrast_mode not in ('all', 'one'): raise ValueError(f"contrast_mode={contrast_mode!r}: use 'all' or 'one'.")
+    _check_temperatures(temperature, base_temperature)
     n, v = features.shape[:2]
     features = features.reshape(n, v, -1)
     if normalize: features = F.normalize(features, dim=-1)
@@ -57,6 +62,7 @@ class SupConLoss(nn.Module):
     "`supcon_loss` as a module holding its settings: `loss(features, labels=None, mask=None)`."
     def __init__(self, temperature:float=0.07, base_temperature:float=0.07, contrast_mode:str='all', normalize:bool=True):
         super().__init__()
+        _check_temperatures(temperature, base_temperature)
         self.temperature, self.base_temperature, self.contrast_mode, self.normalize = temperature, base_temperature, contrast_mode, normalize
     def forward(self, features, labels=None, mask=None):
         return supcon_loss(features, labels, mask, self.temperature, self.base_temperature, self.contrast_mode, self.normalize)

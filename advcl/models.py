@@ -28,7 +28,9 @@ class Normalize(nn.Module):
         super().__init__()
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-    def forward(self, x): return (x - self.mean) / self.std
+    def forward(self, x):
+        if not torch.is_floating_point(x): raise ValueError(f"Images must be float in [0, 1], not {x.dtype}: convert them with advcl.data.to_float_images (uint8 / 255).")
+        return (x - self.mean) / self.std
 
 class Classifier(nn.Module):
     "Images in [0,1] → `normalize` → `backbone` (penultimate features) → `head` (logits)."
@@ -54,7 +56,7 @@ def _cbr(c_in, c_out, stride=1, norm='batch'):
     return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), _norm(c_out, norm), nn.ReLU(inplace=True)]
 
 def small_cnn(in_chans:int=1, width:int=16,
-              norm:str='batch'): # 'batch', or 'group' (per-sample: data-parallel runs match a single process exactly)
+              norm:str='batch'): # 'batch', or 'group' (per-sample: no statistics that depend on how data-parallel runs split a batch)
     "A fast CNN for small images: (backbone, number of features)."
     w = width
     layers = [*_cbr(in_chans, w, norm=norm), nn.MaxPool2d(2), *_cbr(w, 2 * w, norm=norm), nn.MaxPool2d(2),
@@ -236,13 +238,15 @@ def read_checkpoint(path, map_location='cpu'):
     if not head: raise CheckpointError(f"{path} is empty: delete it and re-create it (re-run the training that wrote it).")
     if head != b'PK\x03\x04': raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file "
                                                    "is not one): give the model.pt a training run wrote.")
+    if 'cuda' in str(map_location) and not torch.cuda.is_available():
+        raise ValueError(f"map_location={map_location!r}, but this machine has no GPU: load {path.name} with map_location='cpu'.")
     try: ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if 'Weights only load failed' in str(e):
             raise CheckpointError(f"{path} holds Python objects that safe loading refuses (not an advcl checkpoint, "
                                   "or written by other code); load it with torch.load(weights_only=False) only if you trust it.") from e
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:160]}). "
-                              "Delete it and re-create it (re-run the training that wrote it).") from e
+        raise CheckpointError(f"{path} could not be read ({type(e).__name__}: {str(e)[:160]}); if it is truncated or corrupt "
+                              "(a write cut short), re-create it by re-running the training that wrote it.") from e
     if not isinstance(ck, dict) or ck.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an advcl checkpoint (format {CHECKPOINT_FORMAT}). "
                               "Plain weights files go through create_classifier(arch, pretrained_file=...).")

@@ -33,8 +33,19 @@ def _at(index, correct, idx):
     order = np.argsort(index)
     return np.asarray(correct)[order][np.searchsorted(np.asarray(index)[order], idx)]
 
+def _check_outcomes(m:dict, which:str):
+    "Raise unless every seed of model `which` gives (positions, correct) of one length, each position once, outcomes 0/1."
+    for s, (index, correct) in m.items():
+        index, correct, say = np.asarray(index), np.asarray(correct), f"Model {which}, seed {s}"
+        if index.ndim != 1 or index.shape != correct.shape:
+            raise ValueError(f"{say}: {index.shape} positions but {correct.shape} outcomes; give (positions, correct), one each per image.")
+        if len(np.unique(index)) != len(index): raise ValueError(f"{say}: an image position repeats; give (positions, correct) in that order, each image once.")
+        if correct.dtype != bool and not np.isin(correct, (0, 1)).all():
+            raise ValueError(f"{say}: outcomes must be correct or not (bool, or 0 and 1); give (positions, correct) in that order.")
+
 def _paired(a:dict, b:dict):
     "Per common seed, the outcomes of A and B on the images both were evaluated on: arrays [seeds, images]."
+    _check_outcomes(a, 'A'); _check_outcomes(b, 'B')
     seeds = sorted(set(a) & set(b))
     if not seeds: raise ValueError("The two models share no seed: a paired comparison needs both evaluated with the same seeds.")
     common = set.intersection(*(set(np.asarray(a[s][0]).tolist()) & set(np.asarray(b[s][0]).tolist()) for s in seeds))
@@ -46,7 +57,9 @@ def _paired(a:dict, b:dict):
 def paired_difference(a:dict, # seed -> (positions of the images in the test split, correct or not), model A
                       b:dict, # the same for model B
                       n_boot:int=2000, level:float=0.95, seed:int=0, chunk:int=250):
-    "The difference in accuracy A - B on the images both were evaluated on, with a paired bootstrap interval over images and seeds."
+    "The difference in accuracy A - B on the seeds and images both were evaluated on, with a paired bootstrap interval over images and seeds."
+    if not 0 < level < 1: raise ValueError(f"level={level} must be between 0 and 1 (0.95 for a 95% interval).")
+    if n_boot < 1: raise ValueError(f"n_boot={n_boot} must be at least 1 (2000 is usual).")
     A, B = _paired(a, b)
     d = A - B                                          # [seeds, images], each -1, 0 or 1
     k, n = d.shape

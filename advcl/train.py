@@ -75,8 +75,18 @@ class TrainConfig:
         if self.source != 'none' and self.source not in SOURCES:
             raise ValueError(f"Unknown source {self.source!r}: use 'none' or one of {', '.join(SOURCES)}.")
         if isinstance(self.attack, dict): self.attack = from_dict(Attack, self.attack, 'attack')
+        if isinstance(self.attack, str): self.attack = Attack(self.attack)          # a kind, with its default settings
         if self.source == 'pool' and not self.pool: raise ValueError("source='pool' needs pool=, the folder of a pool made by advcl-pool.")
         if self.epochs < 0 or self.finetune_epochs < 0: raise ValueError("epochs and finetune_epochs can't be negative.")
+        for name, ok, what in [('epochs', int(self.epochs) == self.epochs, 'a whole number'),
+                               ('finetune_epochs', int(self.finetune_epochs) == self.finetune_epochs, 'a whole number'),
+                               ('lr', self.lr > 0, '> 0'), ('finetune_lr', self.finetune_lr > 0, '> 0'),
+                               ('momentum', 0 <= self.momentum < 1, 'in [0, 1)'), ('weight_decay', self.weight_decay >= 0, '>= 0'),
+                               ('temperature', self.temperature > 0, '> 0'), ('lam', self.lam >= 0, '>= 0'), ('beta', self.beta >= 0, '>= 0'),
+                               ('margin', self.margin is None or self.margin >= 0, 'None or >= 0'),
+                               ('n_per_class', self.n_per_class is None or self.n_per_class >= 1, 'None (every image) or >= 1'),
+                               ('refresh_size', self.refresh_size is None or self.refresh_size >= 1, 'None (every image) or >= 1')]:
+            if not ok: raise ValueError(f"{name}={getattr(self, name)!r} must be {what}.")
         if self.batch_size < 2: raise ValueError(f"batch_size={self.batch_size}: SupCon needs at least 2 images in a batch.")
         if not isinstance(self.compile, bool) and self.compile not in COMPILE_MODES:
             raise ValueError(f"compile={self.compile!r}: use True, False or a torch.compile mode in {COMPILE_MODES}.")
