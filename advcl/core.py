@@ -179,13 +179,13 @@ def command_parser(prog:str, description:str):
 
 def run_command(parser:argparse.ArgumentParser, main, # main(args), the command's work
                 argv=None):
-    "Parse `argv` and call `main(args)`; a user's error prints one line `prog: error: ...` and exits 2."
+    "Parse `argv` and call `main(args)`; a user's error prints one line `prog: error: ...` and exits 2 (1 for a training that diverged)."
     parser.add_argument('--debug', action='store_true', help="on an error, show its traceback")
     args = parser.parse_args(argv)
     try: return main(args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:
         if args.debug: raise
-        parser.exit(2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
+        parser.exit(1 if isinstance(e, FloatingPointError) else 2, f"{parser.prog}: error: {' '.join(str(e).split())}\n")
 
 def parse_overrides(pairs):
     "['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}: values as JSON where they parse, else strings."

@@ -147,27 +147,31 @@ def _seed_runs(p, seed, root):
         runs.append(Run(rid, r['name'], role, seed, s, root/'runs'/rid, needs + ([bid] if role == 'row' else []), s.paper))
     return runs
 
-def _analysis_run(p, seed, runs, root):
-    "The analysis of one seed, after all its models."
+def _analysis_run(p, seed, runs, root, needs:list|None=None):
+    "The analysis of one seed's models among `runs`, after those of them the plan runs (`needs`; default: all of them)."
     threat, sizes, evaluation, train, _ = _blocks(p)
     a = p['analysis']
     models = [r for r in runs if r.role in ('baseline', 'row')]
     settings = AnalysisSettings(seed, {r.name: f'runs/{r.run_id}/train/model.pt' for r in models}, train.get('dataset', 'fashion_mnist'),
                                 train.get('data_root'), train.get('data_seed', 0), sizes,
                                 _attack(a.get('attack', 'pgd'), threat, {}), a.get('projection_models'), train.get('device', 'auto'))
-    return Run(f'analysis-s{seed}', 'Analysis', 'analysis', seed, settings, root/'runs'/f'analysis-s{seed}', [r.run_id for r in models], False)
+    return Run(f'analysis-s{seed}', 'Analysis', 'analysis', seed, settings, root/'runs'/f'analysis-s{seed}',
+               [r.run_id for r in models] if needs is None else needs, False)
 
 def plan_runs(profile:dict, out_root='reports', seeds=None, only=None):
-    "The runs of `profile` for `seeds` (default: the profile's), each after the runs it needs; `only` keeps these rows, what they need, and the rows already done (skipped, and in the seed's analysis)."
+    "The runs of `profile` for `seeds` (default: the profile's), each after the runs it needs; `only` keeps these rows, what they need, and the rows already done (skipped, and in the seed's analysis, as are the rows whose training stands: `trained`)."
     root, runs, names = Path(out_root)/profile['name'], [], [r['name'] for r in profile['rows']]
     if unknown := [n for n in only or [] if n not in names]:
         near = difflib.get_close_matches(unknown[0], names, 1, 0.5) or [n for n in names if n.lower() == unknown[0].lower()]
         raise SettingsError(f"--only {unknown[0]!r} is not a row of {profile['name']}" + (f" (did you mean {near[0]!r}?)" if near else '')
                             + f"; its rows: {', '.join(names)}.")
-    keep = lambda r: not only or r.name in only or r.role in ('proxy', 'baseline') or run_status(r) == 'done'  # done rows: skipped, analysed
     for seed in seeds if seeds is not None else profile['seeds']:
-        mine = [r for r in _seed_runs(profile, seed, root) if keep(r)]
-        runs += mine + ([_analysis_run(profile, seed, mine, root)] if 'analysis' in profile else [])
+        every = _seed_runs(profile, seed, root)
+        status = {r.run_id: run_status(r) for r in every if only and r.name not in only and r.role == 'row'}
+        mine = [r for r in every if status.get(r.run_id, 'done') == 'done']              # done rows: skipped, analysed
+        analysed = [r for r in every if status.get(r.run_id, 'done') in ('done', 'trained')]  # a trained row's weights stand
+        runs += mine + ([_analysis_run(profile, seed, analysed, root, [r.run_id for r in mine if r.role != 'proxy'])]
+                        if 'analysis' in profile else [])
     return runs
 
 # %% ../nbs/10_experiments.ipynb 12
@@ -186,7 +190,7 @@ def _recorded_inputs(run:Run):
     "What the record says the run read: {run id: weights digest}."
     if run.role == 'analysis':
         rec = read_analysis(run.folder)
-        return {f'runs/{i}/train/model.pt': rec.models.get(n) for i, n in zip(run.needs, run.settings.models)}
+        return {path: rec.models.get(name) for name, path in run.settings.models.items()}
     rec = read_record(run.folder)
     paths = dict(init=rec.settings['train'].get('init'), proxy=rec.settings['train'].get('proxy'))
     return {paths[k]: v for k, v in rec.inputs.items() if paths[k] and paths[k] != 'dinov2_small'}
@@ -202,7 +206,7 @@ def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of t
     same = rec.settings == mine
     if not same and not (model and rec.settings.get('train') == mine['train']): return 'stale'
     if model and _weights_of(run) != rec.weights: return 'recorded' if same else 'stale'
-    if not model and not all((run.folder.parent/i/'train'/'model.pt').is_file() for i in run.needs): return 'recorded'
+    if not model and not all((f.parent.parent/p).is_file() for p in run.settings.models.values()): return 'recorded'
     if weights is not None:
         ours = {f'runs/{i}/train/model.pt': weights.get(i) for i in run.needs}
         now = lambda p: ours[p] if p in ours else _file_digest(run.folder.parent.parent/p)   # a file of no run here (proxy.model)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import copy, hashlib, json
+import copy, hashlib, inspect, json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,7 +123,8 @@ def create_classifier(arch:str='small_cnn', # a name in `SMALL_ARCHS`, or a timm
                       **kwargs): # passed to the architecture (e.g. `width=`)
     "A `Classifier` of architecture `arch` for data set `dataset`."
     info = dataset_info(dataset)
-    num_classes = num_classes or info['num_classes']
+    num_classes = info['num_classes'] if num_classes is None else num_classes
+    if int(num_classes) != num_classes or num_classes < 2: raise ValueError(f"num_classes={num_classes} must be a whole number >= 2.")
     in_chans, mean, std = info['in_chans'], info['mean'], info['std']
     if arch in SMALL_ARCHS:
         if pretrained or pretrained_file: raise ValueError(f"{arch!r} has no pre-trained weights; use pretrained=False.")
@@ -253,7 +254,13 @@ def read_checkpoint(path, map_location='cpu'):
     return ck
 
 def _describe(cfg): return f"{cfg['arch']} ({cfg['num_classes']} classes, {cfg['in_chans']} channels, {cfg.get('kwargs') or 'defaults'})"
-def _signature(cfg): return cfg['arch'], cfg['num_classes'], cfg['in_chans'], cfg.get('kwargs') or {}
+def _signature(cfg):
+    "What makes two models' weights interchangeable: the architecture, classes, channels, and the settings that differ from its defaults."
+    kw = dict(cfg.get('kwargs') or {})
+    if cfg['arch'] in SMALL_ARCHS:                                # width=16 spelled out is the default, not another model
+        defaults = {k: v.default for k, v in inspect.signature(SMALL_ARCHS[cfg['arch']]).parameters.items()}
+        kw = {k: v for k, v in kw.items() if defaults.get(k, inspect.Parameter.empty) != v}
+    return cfg['arch'], cfg['num_classes'], cfg['in_chans'], kw
 
 # %% ../nbs/02_models.ipynb 33
 def classifier_from_config(config:dict):

@@ -138,6 +138,24 @@ def test_a_new_evaluation_keeps_the_training_and_a_new_baseline_retrains_its_row
     assert row['weights'] != before['pgd-supcon-loss-s0']['weights'] and row['seconds']['train'] > 0 and len(row['history']) == 1
     assert sorted(d.name.rsplit('-', 2)[0] for d in (runs/'_stale').iterdir()) == ['clean-s0', 'pgd-supcon-loss-s0']
 
+def test_only_analyses_the_rows_whose_training_stands(tmp_path):
+    "After a change to the evaluation, --only one row re-evaluates it alone; the seed's analysis still covers every model."
+    prof = dict(SMOKE, rows=SMOKE['rows'][:2] + [{"name": "PGD - CE Loss", "attack": "pgd", "objective": "ce", "source": "pool", "epochs": 1}])
+    del prof['reference']
+    p, runs = tmp_path/'p.json', tmp_path/'smoke'/'runs'
+    def drive(*args):
+        p.write_text(json.dumps(prof))
+        return run([BIN/'advcl-experiments', *args, '--profile', p, '--out', tmp_path]).stdout
+    drive('run')
+    analysed = lambda: sorted(json.loads((runs/'analysis-s0'/'metrics.json').read_text())['models'])
+    before, ce = analysed(), (runs/'pgd-ce-loss-s0'/'metrics.json').read_text()
+    assert before == ['Clean', 'PGD - CE Loss', 'PGD - SupCon Loss'], before
+    prof['evaluation'] = dict(prof['evaluation'], attacks=dict(prof['evaluation']['attacks'], pgd5={'kind': 'pgd', 'steps': 5, 'alpha': 0.025}))
+    out = drive('run', '--only', 'PGD - SupCon Loss')
+    assert 'pgd-ce-loss-s0' not in out and (runs/'pgd-ce-loss-s0'/'metrics.json').read_text() == ce, out   # neither run nor re-evaluated
+    assert analysed() == before and not (runs/'_stale').exists(), out
+    assert [l.split()[0] for l in drive('list').splitlines()] == ['done', 'done', 'done', 'trained', 'done']
+
 def test_a_proxy_from_a_file_counts_as_an_input(tmp_path):
     "A profile's proxy.model (a checkpoint no run here makes): its runs stay done while the file is the same, and run anew once it changes."
     from advcl.models import create_classifier, save_checkpoint, weights_digest
