@@ -458,7 +458,10 @@ def _analysis_lines(ans, folder:Path):
              f"white-box accuracy. {'From' if one else 'Means over'} {runs}.", '', '![Transfer matrix](figures/transfer.png)', '',
              '## Embedding analysis', '', "The penultimate features of each model (L2-normalised; definitions in `nbs/08_analysis.ipynb`). "
              f"{'From' if one else 'Mean ± SD over'} {runs}. A ratio of distances is "
-             "— where a model's features are all one point (uniformity 0): it is then 0/0.", '',
+             "— where a model's features are all one point (uniformity 0): it is then 0/0. The probe is a linear classifier trained on "
+             "each model's clean training features; its adversarial accuracy is on the model's own white-box adversaries, made through "
+             "the model's head and not against the probe, so it says how far those adversaries move the features, not how robust a "
+             "classifier on them would be.", '',
              '| Model | ' + ' | '.join(names.values()) + ' |', '|---|' + '---|' * len(names)]
     for model in _mean_matrix(ans, 'embedding').index:
         vals = [[_embedding_value(a['record'].embedding[model], k) for a in ans if model in a['record'].embedding] for k in names]
