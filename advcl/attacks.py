@@ -119,6 +119,9 @@ def pgd(model:nn.Module, # a classifier on images in [0,1] (normalisation inside
     "Projected gradient descent (Madry et al. 2018) on the cross-entropy: adversarial images within `eps` of `x`."
     _check_settings(eps, alpha, steps, norm); _check_images(x, y)
     if int(restarts) != restarts or restarts < 1: raise ValueError(f"restarts={restarts} must be a whole number >= 1.")
+    n = getattr(getattr(model, 'head', None), 'out_features', None)              # a Classifier's number of classes
+    if n is not None and ((y < 0) | (y >= n)).any():
+        raise ValueError(f"Labels must be class indices in [0, {n}): got values from {int(y.min())} to {int(y.max())}.")
     g, sign = _generator(x, seed), -1. if targeted else 1.
     def run(xs, ys):
         return torch.cat([projected_gradient(lambda xa, yc=ys[c]: sign * F.cross_entropy(model(xa), yc), xs[c], eps, alpha, steps,

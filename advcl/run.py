@@ -264,6 +264,8 @@ def compare_runs(a, # model A: a run folder, or a list of them (one per seed)
         if len(set(seeds)) < len(seeds): raise ValueError(f"Give each side one run per seed: {', '.join(map(str, folders))} have seeds {seeds}.")
         return {s: read_outcomes(f) for s, f in zip(seeds, folders)}
     A, B = by_seed(a), by_seed(b)
+    if set(A) != set(B): raise ValueError(f"Model A has seeds {sorted(A)} and model B {sorted(B)}: give both the same seeds, which the comparison pairs.")
+    if isinstance(evaluations, str): evaluations = [evaluations]
     shared = sorted(set.intersection(*(set(o) for o in [*A.values(), *B.values()])))
     if missing := [k for k in evaluations or [] if k not in shared]:
         raise ValueError(f"Not evaluated in every run compared: {', '.join(missing)}. The runs share {', '.join(shared) or 'no evaluation'}.")
