@@ -68,6 +68,7 @@ def projected_gradient(objective, # x_adv -> scalar to maximise (a per-image los
 def _check_settings(eps, alpha, steps, norm):
     if not eps >= 0: raise ValueError(f"eps={eps} must be >= 0: the attack's radius in [0,1] pixel units (e.g. 0.1 for Fashion-MNIST, 4/255 for ImageNet).")
     if norm == 'linf' and eps > 1: raise ValueError(f"eps={eps} is more than the whole [0,1] pixel range: give the L-inf radius in [0,1] units (8/255, not 8).")
+    if norm == 'linf' and alpha > 1: raise ValueError(f"alpha={alpha} is a step larger than the whole [0,1] pixel range (Attack's order is kind, eps, alpha, steps: steps={alpha} meant?).")
     if not alpha > 0: raise ValueError(f"alpha={alpha} must be > 0: the step size (a common choice is 2.5 * eps / steps).")
     if int(steps) != steps or steps < 1: raise ValueError(f"steps={steps} must be a whole number >= 1.")
     if norm not in NORMS: raise ValueError(f"norm={norm!r} is not one of {NORMS}.")
