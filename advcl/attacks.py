@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import autocast_on
+from .data import _check_range
 from .models import Classifier, eval_mode
 
 # %% auto 0
@@ -65,12 +66,15 @@ def projected_gradient(objective, # x_adv -> scalar to maximise (a per-image los
     return x_adv.detach()
 
 # %% ../nbs/03_attacks.ipynb 12
-def _check_settings(eps, alpha, steps, norm):
+def _check_count(name, n):
+    if int(n) != n or n < 1: raise ValueError(f"{name}={n} must be a whole number >= 1.")
+
+def _check_settings(eps, alpha, steps, norm, restarts=1):
     if not eps >= 0: raise ValueError(f"eps={eps} must be >= 0: the attack's radius in [0,1] pixel units (e.g. 0.1 for Fashion-MNIST, 4/255 for ImageNet).")
     if norm == 'linf' and eps > 1: raise ValueError(f"eps={eps} is more than the whole [0,1] pixel range: give the L-inf radius in [0,1] units (8/255, not 8).")
     if norm == 'linf' and alpha > 1: raise ValueError(f"alpha={alpha} is a step larger than the whole [0,1] pixel range (Attack's order is kind, eps, alpha, steps: steps={alpha} meant?).")
     if not alpha > 0: raise ValueError(f"alpha={alpha} must be > 0: the step size (a common choice is 2.5 * eps / steps).")
-    if int(steps) != steps or steps < 1: raise ValueError(f"steps={steps} must be a whole number >= 1.")
+    _check_count('steps', steps); _check_count('restarts', restarts)
     if norm not in NORMS: raise ValueError(f"norm={norm!r} is not one of {NORMS}.")
 
 def _check_images(x, y=None):
@@ -79,10 +83,7 @@ def _check_images(x, y=None):
     if not len(x): raise ValueError("No images to attack: the batch is empty.")
     if y is not None and (y.ndim != 1 or y.dtype != torch.long):
         raise ValueError(f"Labels must be class indices, an int64 tensor (N,); got {y.dtype} of shape {tuple(y.shape)}.")
-    lo, hi = torch.aminmax(x.detach())
-    if lo < 0 or hi > 1:
-        raise ValueError(f"Images must be in [0, 1] (got min {lo.item():.3g}, max {hi.item():.3g}). advcl models normalise "
-                         "inside, so pass images unnormalised (e.g. uint8 / 255).")
+    _check_range(x)
     if y is not None and len(y) != len(x):
         raise ValueError(f"{len(x)} images but {len(y)} labels: the batch sizes must match.")
 
@@ -118,8 +119,7 @@ def pgd(model:nn.Module, # a classifier on images in [0,1] (normalisation inside
         restarts:int=1, # runs from new random starts; an image counts as broken if any run breaks it
         seed:int|None=None, amp:bool|None=None, chunk_size:int|None=None):
     "Projected gradient descent (Madry et al. 2018) on the cross-entropy: adversarial images within `eps` of `x`."
-    _check_settings(eps, alpha, steps, norm); _check_images(x, y)
-    if int(restarts) != restarts or restarts < 1: raise ValueError(f"restarts={restarts} must be a whole number >= 1.")
+    _check_settings(eps, alpha, steps, norm, restarts); _check_images(x, y)
     n = getattr(getattr(model, 'head', None), 'out_features', None)              # a Classifier's number of classes
     if n is not None and ((y < 0) | (y >= n)).any():
         raise ValueError(f"Labels must be class indices in [0, {n}): got values from {int(y.min())} to {int(y.max())}.")
@@ -203,14 +203,13 @@ class Attack:
     def __post_init__(self):
         if self.kind not in ATTACKS: raise ValueError(f"Unknown attack {self.kind!r}: use one of {', '.join(ATTACKS)}.")
         steps = (1 if self.kind == 'fgsm' else 10) if self.steps is None else self.steps
-        if int(steps) != steps or steps < 1: raise ValueError(f"steps={steps} must be a whole number >= 1.")
+        _check_count('steps', steps)                                       # before the default alpha divides by it
         if self.kind == 'fgsm' and steps != 1: raise ValueError(f"FGSM takes one step, not steps={steps}; use kind='pgd' for more.")
         object.__setattr__(self, 'steps', int(steps))
         default_alpha = (1.25 * self.eps if self.random_start else self.eps) if self.kind == 'fgsm' else 2.5 * self.eps / steps
         if self.alpha is None: object.__setattr__(self, 'alpha', default_alpha or 1.0)
-        _check_settings(self.eps, self.alpha, self.steps, self.norm)
+        _check_settings(self.eps, self.alpha, self.steps, self.norm, self.restarts)
         if self.kind == 'sc' and not self.random_start: raise ValueError(SC_NEEDS_RANDOM_START)
-        if int(self.restarts) != self.restarts or self.restarts < 1: raise ValueError(f"restarts={self.restarts} must be a whole number >= 1.")
         if self.restarts > 1 and self.kind != 'pgd': raise ValueError(f"restarts={self.restarts}: only PGD restarts.")
 
     def __call__(self, model, x, y=None, *, embedder=None, seed=None, amp=None, chunk_size=None):

@@ -168,7 +168,9 @@ def _check_range(x:torch.Tensor):
     "Raise unless `x` holds uint8 images, or float images in [0,1] (what every model and attack here takes)."
     if x.dtype == torch.uint8: return
     if not torch.is_floating_point(x): raise ValueError(f"Images must be uint8 (0-255) or float in [0, 1], not {x.dtype}.")
-    if len(x) and ((lo := x.min()) < 0 or (hi := x.max()) > 1):
+    if not len(x): return
+    lo, hi = torch.aminmax(x.detach())
+    if lo < 0 or hi > 1:
         raise ValueError(f"Images must be in [0, 1] (got min {lo.item():.3g}, max {hi.item():.3g}): divide 0-255 images by 255, "
                          "and do not normalise them (advcl models normalise inside).")
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_experiments.ipynb 2
 from __future__ import annotations
-import difflib, functools, json, os, re, shutil, sys, time
+import difflib, json, os, re, shutil, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import (SettingsError, command_parser, from_dict, parse_overrides, read_json, resolve_device, run_command, to_dict,
                         write_json)
 from .attacks import Attack
-from .models import read_checkpoint, weights_digest
+from .models import checkpoint_digest
 from .run import (AnalysisSettings, Evaluation, RunSettings, Sizes, Threat, read_analysis, read_record, slug,
                        train_pool_folder)
 from .train import TrainConfig
@@ -175,16 +175,9 @@ def plan_runs(profile:dict, out_root='reports', seeds=None, only=None):
     return runs
 
 # %% ../nbs/10_experiments.ipynb 12
-@functools.lru_cache(maxsize=256)
-def _digest_of(path:str, mtime_ns:int, size:int): return weights_digest(read_checkpoint(path)['model'])
-
-def _file_digest(path:Path):
-    "The digest of the weights in the checkpoint at `path` (read once while the file is unchanged), or None where there is none."
-    return _digest_of(str(path), (st := path.stat()).st_mtime_ns, st.st_size) if path.is_file() else None
-
 def _weights_of(run:Run):
     "The digest of a model run's weights if they are there, else None."
-    return _file_digest(run.folder/'train'/'model.pt')
+    return checkpoint_digest(run.folder/'train'/'model.pt')
 
 def _recorded_inputs(run:Run):
     "What the record says the run read: {run id: weights digest}."
@@ -209,7 +202,7 @@ def run_status(run:Run, weights:dict|None=None): # run id -> weights digest of t
     if not model and not all((f.parent.parent/p).is_file() for p in run.settings.models.values()): return 'recorded'
     if weights is not None:
         ours = {f'runs/{i}/train/model.pt': weights.get(i) for i in run.needs}
-        now = lambda p: ours[p] if p in ours else _file_digest(run.folder.parent.parent/p)   # a file of no run here (proxy.model)
+        now = lambda p: ours[p] if p in ours else checkpoint_digest(run.folder.parent.parent/p)   # a file of no run here (proxy.model)
         if any(now(p) != d for p, d in _recorded_inputs(run).items()): return 'outdated'
     return 'done' if same else 'trained'
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb 2
 from __future__ import annotations
-import copy, hashlib, inspect, json
+import copy, functools, hashlib, inspect, json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .data import dataset_info, make_loader, IMAGENET_MEAN, IMAGENET_STD
 __all__ = ['SMALL_ARCHS', 'CHECKPOINT_FORMAT', 'Normalize', 'Classifier', 'small_cnn', 'BasicBlock', 'resnet_small', 'madry_cnn',
            'create_classifier', 'eval_mode', 'score_batch', 'correct', 'accuracy', 'Embedder', 'dinov2_small',
            'fold_batchnorm', 'CheckpointError', 'save_checkpoint', 'read_checkpoint', 'classifier_from_config',
-           'load_checkpoint', 'load_proxy', 'weights_digest']
+           'load_checkpoint', 'load_proxy', 'weights_digest', 'checkpoint_digest']
 
 # %% ../nbs/02_models.ipynb 5
 class Normalize(nn.Module):
@@ -294,3 +294,11 @@ def weights_digest(model_or_state):
         t = state[k].detach().cpu().contiguous()
         h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+@functools.lru_cache(maxsize=256)
+def _digest_at(path:str, mtime_ns:int, size:int): return weights_digest(read_checkpoint(path)['model'])
+
+def checkpoint_digest(path): # a checkpoint file; None, or a name such as 'dinov2_small', gives None
+    "`weights_digest` of the checkpoint at `path`, read once while the file is unchanged; None where there is no such file."
+    if not path or not (p := Path(path)).is_file(): return None
+    return _digest_at(str(p), (st := p.stat()).st_mtime_ns, st.st_size)

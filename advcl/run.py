@@ -14,7 +14,7 @@ import torch
 from .core import environment, from_dict, read_json, resolve_device, to_dict, write_json
 from .attacks import Attack
 from .data import dataset_info, load_data, make_loader, take
-from .models import load_checkpoint, load_proxy, read_checkpoint, weights_digest
+from .models import checkpoint_digest, load_checkpoint, load_proxy, weights_digest
 from .pool import generate_pool, model_source
 from .train import TrainConfig, train
 from .evaluate import check_eval_strength, evaluate, evaluate_autoattack, robustness_curve
@@ -204,9 +204,6 @@ def read_outcomes(folder):
         return {k[:-6]: (z[k], z[k[:-6] + '.correct']) for k in z.files if k.endswith('.index')}
 
 # %% ../nbs/09_run.ipynb 18
-def _digest(path):
-    return weights_digest(read_checkpoint(path)['model']) if path and Path(path).is_file() else None
-
 def _trained(s:RunSettings, out:Path, inputs:dict):
     "The finished record in `out` and its model, if the model was trained by `s`'s training settings from `inputs` (its evaluation may differ); else None."
     try: rec = read_record(out)
@@ -233,7 +230,7 @@ def run_experiment(s:RunSettings, out_dir='.', # where the run's files go (its f
     "Everything one run of the matrix does (pools, training, evaluation, the record); returns its `RunRecord`. A finished run in `out_dir` trained by the same training settings from the same weights is evaluated again, not retrained."
     out, cfg, dev = Path(out_dir), training_config(s, root), resolve_device(s.train.device)
     proxy = functools.cache(lambda: load_proxy(cfg.proxy, dev))           # loaded once, if at all
-    inputs = dict(init=_digest(cfg.init), proxy=_digest(cfg.proxy))
+    inputs = dict(init=checkpoint_digest(cfg.init), proxy=checkpoint_digest(cfg.proxy))
     if done := _trained(s, out, inputs):                                 # its history keeps the epochs' seconds
         (before, model), seconds = done, dict(pools=0., train=0.)
         history, trained = before.history, before.trained or dict(environment=before.environment, seconds=before.seconds)
