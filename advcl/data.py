@@ -84,35 +84,38 @@ def _idx_file(folder:Path, stem:str):
     for name in (stem + '.gz', stem):
         if (folder/name).is_file(): return folder/name
 
-def _fashion_mnist_folder(folder:Path):
-    "`folder` (or its torchvision layout `FashionMNIST/raw`) if it holds all four files, else None."
+def _fashion_mnist_folder(folder:Path, split:str|None=None):
+    "`folder` (or its torchvision layout `FashionMNIST/raw`) if it holds `split`'s two files (all four if `split` is None), else None."
+    stems = FASHION_MNIST_FILES[split] if split else [s for pair in FASHION_MNIST_FILES.values() for s in pair]
     for f in (folder, folder/'FashionMNIST'/'raw'):
-        if all(_idx_file(f, s) for pair in FASHION_MNIST_FILES.values() for s in pair): return f
+        if all(_idx_file(f, s) for s in stems): return f
 
 def _cache_dir(): return Path(os.environ.get('ADVCL_DATA') or Path.home()/'.cache'/'advcl')/'fashion-mnist'
 
 # %% ../nbs/01_data.ipynb 16
 def find_fashion_mnist(root=None, # a folder of your own: searched alone (a wrong one is an error, not a fallback)
-                       download:bool=True): # try torchvision's download when nothing is found
-    "The folder holding Fashion-MNIST's four IDX files; a `DataNotFoundError` listing where it looked if none."
+                       download:bool=True, # try torchvision's download when nothing is found
+                       split:str|None=None): # 'train' or 'test': a folder holding that split's two files will do
+    "The folder holding Fashion-MNIST's four IDX files (or `split`'s two); a `DataNotFoundError` listing where it looked if none."
+    files = f"{split} split's two IDX files" if split else 'four IDX files'
     if root is not None:
-        if found := _fashion_mnist_folder(Path(root)): return found
-        raise DataNotFoundError(f"No Fashion-MNIST in root={root} (" + ('none of its four IDX files there' if Path(root).is_dir() else 'no such folder')
+        if found := _fashion_mnist_folder(Path(root), split): return found
+        raise DataNotFoundError(f"No Fashion-MNIST in root={root} (" + (f'none of its {files} there' if Path(root).is_dir() else 'no such folder')
                                 + "): give the folder that holds them, or leave root out to search $ADVCL_DATA and Debian's package.")
     looked = []
     places = [('$ADVCL_DATA', os.environ.get('ADVCL_DATA')), ('Debian', DEBIAN_FASHION_MNIST)]
     for what, place in places:
         if place is None: looked.append(f"{what}: not given"); continue
-        if found := _fashion_mnist_folder(Path(place)): return found
+        if found := _fashion_mnist_folder(Path(place), split): return found
         looked.append(f"{what} {place}: " + ('no Fashion-MNIST files there' if Path(place).is_dir() else 'no such folder'))
     if download:
         dest = _cache_dir()
-        if found := _fashion_mnist_folder(dest): return found
+        if found := _fashion_mnist_folder(dest, split): return found
         try:
             import torchvision
             torchvision.datasets.FashionMNIST(dest, train=True, download=True)
             torchvision.datasets.FashionMNIST(dest, train=False, download=True)
-            if found := _fashion_mnist_folder(dest): return found
+            if found := _fashion_mnist_folder(dest, split): return found
             looked.append(f"download into {dest}: finished but the files are not there")
         except Exception as e: looked.append(f"download into {dest}: failed ({type(e).__name__}: {str(e)[:120]})")
     raise DataNotFoundError(
@@ -120,20 +123,20 @@ def find_fashion_mnist(root=None, # a folder of your own: searched alone (a wron
         "\nGet it with `sudo apt-get install dataset-fashion-mnist` (Debian, Ubuntu), or put the four files "
         "from https://github.com/zalandoresearch/fashion-mnist in a folder and pass root= (or set ADVCL_DATA).")
 
-# %% ../nbs/01_data.ipynb 21
+# %% ../nbs/01_data.ipynb 23
 def load_fashion_mnist(split:str='train', # 'train' (60,000 images) or 'test' (10,000)
                        root=None, download:bool=True):
     "Fashion-MNIST `split` as uint8 images (N,1,28,28) and int64 labels (N,)."
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"Unknown split {split!r}: use 'train' or 'test'.")
-    folder = find_fashion_mnist(root, download)
+    folder = find_fashion_mnist(root, download, split)
     images, labels = (read_idx(_idx_file(folder, s)) for s in FASHION_MNIST_FILES[split])
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
         raise CorruptDataError(f"Fashion-MNIST {split} in {folder} has images {tuple(images.shape)} and labels "
                                f"{tuple(labels.shape)}; expected (N, 28, 28) and (N,). Get the files again.")
     return images.unsqueeze(1), labels.long()
 
-# %% ../nbs/01_data.ipynb 26
+# %% ../nbs/01_data.ipynb 28
 def stratified_subset(labels:torch.Tensor, # int64 labels of the full set
                       n_per_class:int, # how many of each class to keep
                       seed:int=0):
@@ -147,7 +150,7 @@ def stratified_subset(labels:torch.Tensor, # int64 labels of the full set
              for c in range(len(counts)) if len(idx := (labels == c).nonzero().flatten())]
     return torch.cat(picks).sort().values
 
-# %% ../nbs/01_data.ipynb 29
+# %% ../nbs/01_data.ipynb 31
 def to_float_images(x:torch.Tensor):
     "Images as float in [0,1]: uint8 divided by 255, float kept as it is."
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
@@ -163,7 +166,7 @@ def _shard(order:torch.Tensor, rank:int, world_size:int):
     order = torch.cat([order, order[:per_rank * world_size - len(order)]])
     return order[rank::world_size]
 
-# %% ../nbs/01_data.ipynb 30
+# %% ../nbs/01_data.ipynb 32
 def _check_range(x:torch.Tensor):
     "Raise unless `x` holds uint8 images, or float images in [0,1] (what every model and attack here takes)."
     if x.dtype == torch.uint8: return
@@ -204,7 +207,7 @@ class TensorLoader:
             batch = (to_float_images(self.x[idx]), self.y[idx])
             yield batch + (idx,) if self.with_index else batch
 
-# %% ../nbs/01_data.ipynb 35
+# %% ../nbs/01_data.ipynb 37
 def random_crop_flip(x:torch.Tensor, # images (N,C,H,W)
                      padding:int=2, # crop offsets are drawn from [-padding, padding] in each direction
                      flip:bool=True, generator:torch.Generator|None=None):
@@ -222,7 +225,7 @@ def random_crop_flip(x:torch.Tensor, # images (N,C,H,W)
         out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
     return out.contiguous()
 
-# %% ../nbs/01_data.ipynb 38
+# %% ../nbs/01_data.ipynb 40
 def imagenet_transform(train:bool, size:int=224):
     "The standard ImageNet transforms, ending in a float tensor in [0,1] (no normalisation)."
     from torchvision import transforms as T
@@ -240,7 +243,7 @@ def imagenet_folder(root, # the folder holding `train/` and `val/`
                                 "each with one sub-folder of JPEGs per class (the layout of ILSVRC2012 after the usual valprep).")
     return ImageFolder(folder, transform=imagenet_transform(split == 'train', size))
 
-# %% ../nbs/01_data.ipynb 40
+# %% ../nbs/01_data.ipynb 42
 def make_tiny_imagefolder(path, # created if missing; gets `train/` and `val/`
                           n_classes:int=3, n_per_class:int=4, size:tuple=(80, 64), seed:int=0):
     "A tiny ImageNet-style folder of random JPEGs, `n_per_class` per class in each split, for tests and wiring checks."
@@ -254,7 +257,7 @@ def make_tiny_imagefolder(path, # created if missing; gets `train/` and `val/`
                 Image.fromarray(px.numpy()).save(d/f'img{i}.JPEG', quality=90)
     return Path(path)
 
-# %% ../nbs/01_data.ipynb 43
+# %% ../nbs/01_data.ipynb 45
 class _WithIndex(Dataset):
     def __init__(self, ds): self.ds = ds
     def __len__(self): return len(self.ds)
@@ -279,7 +282,7 @@ class FolderLoader:
             batch = (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
             yield batch + (i.to(self.device),) if self.with_index else batch
 
-# %% ../nbs/01_data.ipynb 46
+# %% ../nbs/01_data.ipynb 48
 def take(data, # `(images, labels)` tensors or a `Dataset` (with `targets`, as an `ImageFolder` has)
          n_per_class:int|None, # how many of each class (None: everything)
          seed:int=0):
