@@ -372,7 +372,7 @@ def _experiments_main(a):
         if any(s == 'failed' for s in statuses.values()): sys.exit(1)
     else:
         from advcl.report import write_report
-        print(write_report(prof, a.out))
+        print(write_report(prof, a.out, a.set))
 
 def main(argv=None):
     "Command line: `advcl-experiments {run,report,status} --profile NAME [...]` (see `--help`)."

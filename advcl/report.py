@@ -398,13 +398,16 @@ def _cells_note(done):
     return ("In the tables each cell is the mean over seeds ± the sample standard deviation over seeds (the spread between training runs, "
             "not a confidence interval)" + (", or one run's value where a row has one seed" if per_row.min() == 1 else ''))
 
-def _header_lines(prof, df, done, ans):
-    "What the report is, where its numbers come from, how they were made."
+def _header_lines(prof, df, done, ans, options=''):
+    "What the report is, where its numbers come from, how they were made (`options`: the commands' `--out` and `--set`, if any)."
     p, seeds = prof['per_class'], sorted(done['seed'].unique().tolist())
     total = (done['other_time'] + done['train_time'].fillna(0)).sum() + sum(a['record'].seconds['analysis'] for a in ans)
     of = f" of the profile's {sorted(prof['seeds'])}" if prof.get('seeds') and sorted(prof['seeds']) != seeds else ''
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
-            f"Made by `advcl-experiments run --profile {prof['name']}` then `advcl-experiments report --profile {prof['name']}` "
+            *([f"Made with `--set {options.split(' --set ')[1]}` over the profile's settings: where the description above differs, "
+               "these hold.", '']
+              if ' --set ' in options else []),
+            f"Made by `advcl-experiments run --profile {prof['name']}{options}` then `advcl-experiments report --profile {prof['name']}{options}` "
             f"(`make report` for `quick`). Seeds: {seeds}{of}. {len(done)} of {len(df)} runs finished"
             f"{', and ' + _count(len(ans), 'analysis run') if ans else ''}; their compute time (each run's own seconds, added: runs side by side "
             f"take less wall-clock time) adds up to {total / 60:.1f} minutes"
@@ -546,7 +549,8 @@ def _failed_lines(df):
     failed = df[df.status == 'failed']
     return ['## Failed runs', ''] + [f"- `{r.run_id}`: {r.error[:200]} ([notebook]({r.notebook}))" for r in failed.itertuples()] + [''] if len(failed) else []
 
-def write_report(profile:str|Path|dict, out_root='reports'):
+def write_report(profile:str|Path|dict, out_root='reports',
+                 sets:list|None=None): # the `--set KEY=VALUE` strings `profile` was loaded with, named in the report
     "Write `report.md` and `report.html` (with `results.csv` and figures) for `profile` from its saved runs."
     prof = profile if isinstance(profile, dict) else load_profile(profile)
     folder, runs = Path(out_root)/prof['name'], plan_runs(prof, out_root)
@@ -558,7 +562,8 @@ def write_report(profile:str|Path|dict, out_root='reports'):
     (folder/'figures').mkdir(exist_ok=True)
     models = done[done.role != 'proxy']
     outs, ans = outcomes(models, folder), analyses(prof, models, out_root)
-    sections = [_header_lines(prof, df, done, ans), _tables_lines(prof, models, folder), _verdicts_section(prof, models, outs, folder),
+    options = (f" --out {out_root}" if str(out_root) != 'reports' else '') + (' --set ' + ' '.join(sets) if sets else '')
+    sections = [_header_lines(prof, df, done, ans, options), _tables_lines(prof, models, folder), _verdicts_section(prof, models, outs, folder),
                 _strength_section(prof, models, outs, runs), _analysis_lines(ans, folder) if ans else [], _figures_lines(models, folder),
                 ['## Attacks', ''] + _attack_lines(runs, df) + [''], _proxy_lines(prof, done), _failed_lines(df),
                 ['## Runs', ''] + _runs_lines(df, ans)]
