@@ -177,8 +177,9 @@ def _seeds_note(n_seeds:int): # the fewest seeds any comparison has
 def _verdict_lines(vs, reference):
     "The verdict section: the rule, one line per model, and the answer."
     n = vs[0]['autoattack'] if vs else None
+    aa, clean = (f"{vs[0][k].n_images:,}" if vs else '—' for k in ('autoattack', 'clean'))
     lines = [f"Reference: **{reference}**, named in the profile. Each difference is the model's accuracy minus the "
-             f"reference's on the same test images (AutoAttack: {n.n_images if n else '—'} images; clean: {vs[0]['clean'].n_images if vs else '—'}), "
+             f"reference's on the same test images (AutoAttack: {aa} images; clean: {clean}), "
              f"averaged over {_count(n.n_seeds, 'seed') if n else '— seeds'}, with a 95% confidence interval [low, high] from a paired bootstrap over "
              f"images{' and seeds' if n and n.n_seeds > 1 else ''}. Better or worse only where the whole interval lies above or below zero "
              "(an interval that ends at zero includes it). 'Reaches' the reference: both lower ends above "
@@ -479,7 +480,7 @@ def _runs_lines(df, ans):
     threads = lambda n: f", {_count(n, 'thread')}" if n else ''
     device = lambda r: (val(r, 'device') or '') + threads(val(r, 'threads')) + (f", {val(r, 'precision')} training" if val(r, 'precision') else '')
     lines = ['| run | status | train s (all epochs) | evaluation s | AutoAttack s | device | commit |', '|---|---|---|---|---|---|---|']
-    lines += [f"| [{r.run_id}]({r.notebook}) | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
+    lines += [f"| {r.run_id if r.status == 'todo' else f'[{r.run_id}]({r.notebook})'} | {r.status} | {sec(r, 'train_time')} | {sec(r, 'evaluate_seconds')} | {sec(r, 'autoattack_seconds')} "
               f"| {device(r)} | {val(r, 'git_commit') or ''} |" for r in df.itertuples()]
     return lines + [f"| [{a['run_id']}]({a['notebook']}) | done | — | {a['record'].seconds['analysis']:.0f} | — | "
                     f"{a['record'].environment['device_name']} | {a['record'].environment['git_commit']} |" for a in ans] + [
