@@ -96,7 +96,8 @@ def _cache_dir(): return Path(os.environ.get('ADVCL_DATA') or Path.home()/'.cach
 def find_fashion_mnist(root=None, # a folder of your own: searched alone (a wrong one is an error, not a fallback)
                        download:bool=True, # try torchvision's download when nothing is found
                        split:str|None=None): # 'train' or 'test': a folder holding that split's two files will do
-    "The folder holding Fashion-MNIST's four IDX files (or `split`'s two); a `DataNotFoundError` listing where it looked if none."
+    "The folder holding Fashion-MNIST's four IDX files (or `split`'s two: each split from the first place holding it); a `DataNotFoundError` listing where it looked if none."
+    if split not in (None, *FASHION_MNIST_FILES): raise ValueError(f"Unknown split {split!r}: use 'train', 'test' or None (all four files).")
     files = f"{split} split's two IDX files" if split else 'four IDX files'
     if root is not None:
         if found := _fashion_mnist_folder(Path(root), split): return found
@@ -107,7 +108,7 @@ def find_fashion_mnist(root=None, # a folder of your own: searched alone (a wron
     for what, place in places:
         if place is None: looked.append(f"{what}: not given"); continue
         if found := _fashion_mnist_folder(Path(place), split): return found
-        looked.append(f"{what} {place}: " + ('no Fashion-MNIST files there' if Path(place).is_dir() else 'no such folder'))
+        looked.append(f"{what} {place}: " + (f'none of its {files} there' if Path(place).is_dir() else 'no such folder'))
     if download:
         dest = _cache_dir()
         if found := _fashion_mnist_folder(dest, split): return found

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_report.ipynb 2
 from __future__ import annotations
-import math
+import math, shlex
 from pathlib import Path
 
 from .core import autocast_on
@@ -563,7 +563,7 @@ def write_report(profile:str|Path|dict, out_root='reports',
     (folder/'figures').mkdir(exist_ok=True)
     models = done[done.role != 'proxy']
     outs, ans = outcomes(models, folder), analyses(prof, models, out_root)
-    options = (f" --out {out_root}" if str(out_root) != 'reports' else '') + (' --set ' + ' '.join(sets) if sets else '')
+    options = (f" --out {out_root}" if Path(out_root) != Path('reports') else '') + (' --set ' + ' '.join(map(shlex.quote, sets)) if sets else '')
     sections = [_header_lines(prof, df, done, ans, options), _tables_lines(prof, models, folder), _verdicts_section(prof, models, outs, folder),
                 _strength_section(prof, models, outs, runs), _analysis_lines(ans, folder) if ans else [], _figures_lines(models, folder),
                 ['## Attacks', ''] + _attack_lines(runs, df) + [''], _proxy_lines(prof, done), _failed_lines(df),
