@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_report.ipynb 2
 from __future__ import annotations
-import math, shlex
+import json, math, shlex
 from pathlib import Path
 
 from .core import autocast_on
@@ -550,6 +550,15 @@ def _failed_lines(df):
     failed = df[df.status == 'failed']
     return ['## Failed runs', ''] + [f"- `{r.run_id}`: {r.error[:200]} ([notebook]({r.notebook}))" for r in failed.itertuples()] + [''] if len(failed) else []
 
+def _evaluated_otherwise(trained:list):
+    "Why runs whose training stands are not reported: the `--set` values their records were evaluated with, as the driver takes them."
+    rec, now = read_record(trained[0].folder).settings, trained[0].settings.to_dict()
+    name = lambda block: 'per_class' if block == 'sizes' else block
+    sets = [f"{name(b)}.{k}={shlex.quote(json.dumps(rec[b].get(k)))}" for b in ('sizes', 'evaluation', 'threat')
+            for k in sorted(set(rec.get(b, {})) | set(now[b])) if rec.get(b, {}).get(k) != now[b].get(k)]
+    return (f" under these settings: {_count(len(trained), 'run')} there were evaluated with others (status `trained`; "
+            f"{trained[0].run_id}: --set {' '.join(sets)}). Give the report those, or `run` to evaluate them again with these.")
+
 def write_report(profile:str|Path|dict, out_root='reports',
                  sets:list|None=None): # the `--set KEY=VALUE` strings `profile` was loaded with, named in the report
     "Write `report.md` and `report.html` (with `results.csv` and figures) for `profile` from its saved runs."
@@ -558,8 +567,10 @@ def write_report(profile:str|Path|dict, out_root='reports',
     df = collect(prof, out_root)
     done = df[df.status.isin(FINISHED)]
     if done.empty:
-        out = f" --out {out_root}" if str(out_root) != 'reports' else ''
-        raise FileNotFoundError(f"No finished runs in {folder/'runs'}: run `advcl-experiments run --profile {prof['name']}{out}` first.")
+        out = f" --out {out_root}" if Path(out_root) != Path('reports') else ''
+        trained = [r for r in runs if r.role != 'analysis' and run_status(r) == 'trained']
+        raise FileNotFoundError(f"No finished runs in {folder/'runs'}" + (_evaluated_otherwise(trained) if trained else
+                                f": run `advcl-experiments run --profile {prof['name']}{out}` first."))
     (folder/'figures').mkdir(exist_ok=True)
     models = done[done.role != 'proxy']
     outs, ans = outcomes(models, folder), analyses(prof, models, out_root)
