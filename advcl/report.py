@@ -399,15 +399,15 @@ def _cells_note(done):
     return ("In the tables each cell is the mean over seeds ± the sample standard deviation over seeds (the spread between training runs, "
             "not a confidence interval)" + (", or one run's value where a row has one seed" if per_row.min() == 1 else ''))
 
-def _header_lines(prof, df, done, ans, options=''):
-    "What the report is, where its numbers come from, how they were made (`options`: the commands' `--out` and `--set`, if any)."
+def _header_lines(prof, df, done, ans, out='', given=''):
+    "What the report is, where its numbers come from, how they were made (`out`, `given`: the commands' ` --out ...` and `--set` values, if any)."
+    options = out + (f" --set {given}" if given else '')
     p, seeds = prof['per_class'], sorted(done['seed'].unique().tolist())
     total = (done['other_time'] + done['train_time'].fillna(0)).sum() + sum(a['record'].seconds['analysis'] for a in ans)
     of = f" of the profile's {sorted(prof['seeds'])}" if prof.get('seeds') and sorted(prof['seeds']) != seeds else ''
     return [f"# advcl report: `{prof['name']}`", '', prof.get('description', ''), '',
-            *([f"Made with `--set {options.split(' --set ')[1]}` over the profile's settings: where the description above differs, "
-               "these hold.", '']
-              if ' --set ' in options else []),
+            *([f"Made with `--set {given}` over the profile's settings: where the description above differs, these hold.", '']
+              if given else []),
             f"Made by `advcl-experiments run --profile {prof['name']}{options}` then `advcl-experiments report --profile {prof['name']}{options}` "
             f"(`make report` for `quick`). Seeds: {seeds}{of}. {len(done)} of {len(df)} runs finished"
             f"{', and ' + _count(len(ans), 'analysis run') if ans else ''}; their compute time (each run's own seconds, added: runs side by side "
@@ -566,16 +566,16 @@ def write_report(profile:str|Path|dict, out_root='reports',
     folder, runs = Path(out_root)/prof['name'], plan_runs(prof, out_root)
     df = collect(prof, out_root)
     done = df[df.status.isin(FINISHED)]
+    out = f" --out {out_root}" if Path(out_root) != Path('reports') else ''
     if done.empty:
-        out = f" --out {out_root}" if Path(out_root) != Path('reports') else ''
-        trained = [r for r in runs if r.role != 'analysis' and run_status(r) == 'trained']
+        ids = set(df.run_id[df.status == 'trained'])                    # whose training stands, evaluated otherwise
+        trained = [r for r in runs if r.run_id in ids]
         raise FileNotFoundError(f"No finished runs in {folder/'runs'}" + (_evaluated_otherwise(trained) if trained else
                                 f": run `advcl-experiments run --profile {prof['name']}{out}` first."))
     (folder/'figures').mkdir(exist_ok=True)
     models = done[done.role != 'proxy']
     outs, ans = outcomes(models, folder), analyses(prof, models, out_root)
-    options = (f" --out {out_root}" if Path(out_root) != Path('reports') else '') + (' --set ' + ' '.join(map(shlex.quote, sets)) if sets else '')
-    sections = [_header_lines(prof, df, done, ans, options), _tables_lines(prof, models, folder), _verdicts_section(prof, models, outs, folder),
+    sections = [_header_lines(prof, df, done, ans, out, ' '.join(map(shlex.quote, sets or []))), _tables_lines(prof, models, folder), _verdicts_section(prof, models, outs, folder),
                 _strength_section(prof, models, outs, runs), _analysis_lines(ans, folder) if ans else [], _figures_lines(models, folder),
                 ['## Attacks', ''] + _attack_lines(runs, df) + [''], _proxy_lines(prof, done), _failed_lines(df),
                 ['## Runs', ''] + _runs_lines(df, ans)]
