@@ -33,6 +33,18 @@ def phases(folder):
     return {k: round(v, 1) for k, v in sorted(total.items())}
 
 
+def occupancy(folder, workers, wall):
+    """How the workers' time was spent: in the runs' notebooks (papermill's record of each), in the runs' own work (their
+    records' phases), and neither (idle, or starting). `floor_seconds`: the wall time no order of these runs can beat on
+    `workers` workers, with each notebook's overhead (kernel, imports, plots) kept and dropped."""
+    nbs = [json.loads(n.read_text())['metadata']['papermill'] for n in Path(folder).glob('runs/*/run.ipynb')]
+    notebooks = sum(m['duration'] for m in nbs)
+    own = sum(s for m in Path(folder).glob('runs/*/metrics.json') for s in json.loads(m.read_text()).get('seconds', {}).values())
+    return dict(notebook_seconds=round(notebooks, 1), own_seconds=round(own, 1),
+                idle_worker_seconds=round(workers * wall - notebooks, 1),
+                floor_seconds=dict(as_run=round(notebooks / workers, 1), without_overhead=round(own / workers, 1)))
+
+
 def name_of(profile):
     "The report folder's name of `profile` (a name, or a path to a profile JSON)."
     return json.loads(Path(profile).read_text())['name'] if str(profile).endswith('.json') else profile
@@ -43,7 +55,7 @@ def current(profile, seeds, workers, threads, out):
     wall = timed(cmd + (['--threads', threads] if threads else []), REPO)
     folder = Path(out)/name_of(profile)
     return dict(workers=workers, threads=threads or default_threads(workers), wall_seconds=round(wall, 1),
-                phases=phases(folder), runs=len(list(folder.glob('runs/*/metrics.json'))))
+                phases=phases(folder), runs=len(list(folder.glob('runs/*/metrics.json'))), **occupancy(folder, workers, wall))
 
 
 def baseline(commit, profile, seeds, out):
