@@ -277,3 +277,5 @@ def test_matrix_benchmark_runs(tmp_path):
     r = rec['results'][0]
     assert r['runs'] == 4 and r['wall_seconds'] > sum(r['phases'][k] for k in ('train', 'evaluate')) > 0   # the proxy, 2 rows, the analysis
     assert {'evaluate: autoattack', 'evaluate: autoattack: square'} <= set(r['phases'])
+    assert r['wall_seconds'] >= r['floor_seconds']['as_run'] == r['notebook_seconds'] > r['own_seconds'] > 0   # one worker: runs in turn
+    assert abs(r['idle_worker_seconds'] - (r['wall_seconds'] - r['notebook_seconds'])) < 0.2
