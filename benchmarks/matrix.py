@@ -33,13 +33,13 @@ def phases(folder):
     return {k: round(v, 1) for k, v in sorted(total.items())}
 
 
-def occupancy(folder, workers, wall):
-    """How the workers' time was spent: in the runs' notebooks (papermill's record of each), in the runs' own work (their
-    records' phases), and neither (idle, or starting). `floor_seconds`: the wall time no order of these runs can beat on
+def occupancy(folder, workers, wall, phases):
+    """How the workers' time was spent: in the runs' notebooks (papermill's record of each), in the runs' own work (the
+    records' phases, from `phases`), and neither (idle, or starting). `floor_seconds`: the wall time no order of these runs can beat on
     `workers` workers, with each notebook's overhead (kernel, imports, plots) kept and dropped."""
     nbs = [json.loads(n.read_text())['metadata']['papermill'] for n in Path(folder).glob('runs/*/run.ipynb')]
     notebooks = sum(m['duration'] for m in nbs)
-    own = sum(s for m in Path(folder).glob('runs/*/metrics.json') for s in json.loads(m.read_text()).get('seconds', {}).values())
+    own = sum(s for k, s in phases.items() if ':' not in k)                # the phases themselves, not their parts
     return dict(notebook_seconds=round(notebooks, 1), own_seconds=round(own, 1),
                 idle_worker_seconds=round(workers * wall - notebooks, 1),
                 floor_seconds=dict(as_run=round(notebooks / workers, 1), without_overhead=round(own / workers, 1)))
@@ -54,8 +54,9 @@ def current(profile, seeds, workers, threads, out):
     cmd = [BIN/'advcl-experiments', 'run', '--profile', profile, '--seeds', *seeds, '--workers', workers, '--out', out]
     wall = timed(cmd + (['--threads', threads] if threads else []), REPO)
     folder = Path(out)/name_of(profile)
+    by_phase = phases(folder)
     return dict(workers=workers, threads=threads or default_threads(workers), wall_seconds=round(wall, 1),
-                phases=phases(folder), runs=len(list(folder.glob('runs/*/metrics.json'))), **occupancy(folder, workers, wall))
+                phases=by_phase, runs=len(list(folder.glob('runs/*/metrics.json'))), **occupancy(folder, workers, wall, by_phase))
 
 
 def baseline(commit, profile, seeds, out):
