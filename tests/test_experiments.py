@@ -268,11 +268,25 @@ def test_two_workers_give_what_one_gives_and_survive_a_dead_worker(tmp_path):
     assert p.returncode == 0 and 'pgd-supcon-loss-s0: done' in out, out
     assert _numbers(tmp_path/'par'/'smoke') == _numbers(tmp_path/'seq'/'smoke')
 
+def _processes_importing_from(folder):
+    import psutil
+    def env(p):
+        try: return p.environ().get('PYTHONPATH', '')
+        except (psutil.NoSuchProcess, psutil.AccessDenied): return ''
+    return [p for p in psutil.process_iter() if str(folder) in env(p)]
+
 def test_matrix_benchmark_runs(tmp_path):
-    "The matrix benchmark (a measurement, not a test) still runs and writes its record; times are not asserted."
+    "The matrix benchmark (a measurement, not a test) still runs and writes its record; times are not asserted. Its baseline, from exported files, is stopped when the budget is up, with everything it started."
     (tmp_path/'p.json').write_text(json.dumps(dict(SMOKE, rows=SMOKE['rows'][:2])))
-    run([sys.executable, REPO/'benchmarks'/'matrix.py', '--profile', tmp_path/'p.json', '--workers', '1', '--out', tmp_path/'m.json'])
+    base = tmp_path/'baseline'; base.mkdir()
+    subprocess.run(f"git archive HEAD advcl nbs/_templates profiles | tar -x -C {base}", shell=True, cwd=REPO, check=True)
+    run([sys.executable, REPO/'benchmarks'/'matrix.py', '--profile', tmp_path/'p.json', '--workers', '1', '--out', tmp_path/'m.json',
+         '--baseline', 'HEAD', '--baseline-tree', base, '--budget', '1'])
     rec = json.loads((tmp_path/'m.json').read_text())
+    b = rec['baseline']
+    assert 'wall_seconds' not in b and 1 <= b['stopped_after_seconds'] < 60 and b['runs'] == 0
+    assert rec['results'][0]['speedup_over_baseline_at_least'] == round(b['stopped_after_seconds'] / rec['results'][0]['wall_seconds'], 2)
+    assert not _processes_importing_from(base)
     assert rec['device_kind'] == 'cpu' and rec['torch'] and rec['git_commit'] and [r['workers'] for r in rec['results']] == [1]
     r = rec['results'][0]
     assert r['runs'] == 4 and r['wall_seconds'] > sum(r['phases'][k] for k in ('train', 'evaluate')) > 0   # the proxy, 2 rows, the analysis

@@ -7,6 +7,10 @@
 #                                         the cuda cells beside the full profile's runs of these seeds, for at most
 #                                         SECONDS (0: no limit), then its report (resumes from data/full-records.tar.gz);
 #                                         CHECKS=0 leaves the cuda cells out; CHECK_SECONDS (300) bounds each notebook
+#   tools/gpu_checks.sh matrix SECONDS [WORKERS...]
+#                                         benchmarks/matrix.py on this machine's CPU cores: quick's seed 0 with WORKERS Dask
+#                                         workers (default: one per core), then at the commit in .baseline/ until SECONDS
+#                                         have passed in all (a baseline stopped then gives a lower bound of the speedup)
 # Everything it makes goes to $OUT, else ./gpu-out. ADVCL_PYTHON=path/to/python skips the wheel install (a dry run here).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,5 +68,9 @@ case "$what" in
       [ $(( used + size )) -lt $(( 60 * 1024 * 1024 )) ] && [ "$(ls "$OUT" | wc -l)" -lt 8 ] && cp "$m" "$OUT/$id.pt"
     done < "$OUT/full-status.txt"
     ls -la "$OUT" ;;
-  *) echo "unknown check '$what': use checks, bench or full SECONDS SEED... [-- OPTIONS]" >&2; exit 2 ;;
+  matrix)
+    budget=$1; shift; base=$(ls .baseline)
+    "$PY" benchmarks/matrix.py --profile quick --seeds 0 --workers "${@:-$(nproc)}" --baseline "$base" \
+      --baseline-tree ".baseline/$base" --budget "$budget" --out "$OUT/matrix-quick-cpu.json" ;;
+  *) echo "unknown check '$what': use checks, bench, full SECONDS SEED... [-- OPTIONS] or matrix SECONDS [WORKERS...]" >&2; exit 2 ;;
 esac

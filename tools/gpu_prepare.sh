@@ -2,7 +2,9 @@
 # What a CUDA machine without network access needs from here (see DEVELOPERS.md, "On a CUDA machine"):
 #   .whl/               wheels for its Python 3.12: papermill, ipykernel, Dask distributed, nbdev 2 and their needs, torchattacks
 #   data/fashion-mnist/ the four Fashion-MNIST IDX files (from Debian's dataset-fashion-mnist)
-# Both folders are git-ignored; copy them to the machine with the working tree. About 40 MB together.
+#   .baseline/COMMIT/   advcl/, nbs/_templates/ and profiles/ at the commit the matrix benchmark compares with
+#                       (BASELINE, default c2d1335): that machine has no git history
+# All three are git-ignored; copy them to the machine with the working tree. About 40 MB together.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP=(python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp -d .whl
@@ -20,4 +22,7 @@ rm -f .whl/debugpy-*.whl .whl/jedi-*.whl .whl/parso-*.whl   # optional for a ker
 mkdir -p data/fashion-mnist
 src=${ADVCL_DATA:-/usr/share/datasets/fashion-mnist}
 cp "$src"/*-ubyte.gz data/fashion-mnist/ || { echo "Fashion-MNIST not in $src: make data first" >&2; exit 1; }
-du -sh .whl data/fashion-mnist
+baseline=${BASELINE:-c2d1335}
+rm -rf .baseline && mkdir -p .baseline/$baseline
+git archive "$baseline" advcl nbs/_templates profiles | tar -x -C .baseline/$baseline
+du -sh .whl data/fashion-mnist .baseline
