@@ -5,6 +5,9 @@ not a test: run it alone on the machine.
 
     .venv/bin/python benchmarks/matrix.py --profile quick --seeds 0 --workers 1 2 --baseline c2d1335
 
+On the same work as that commit: `--profile benchmarks/quick-c2d1335.json --baseline-profile quick` (its quick matrix,
+16 rows and PGD-10, in today's profile format).
+
 The baseline runs last. On a machine without the repository's history, give its files with `--baseline-tree`
 (`tools/gpu_prepare.sh` exports them); with `--budget`, the baseline is stopped when the benchmark has run that long,
 and its record says how long it ran: a lower bound of its wall time.
@@ -85,7 +88,7 @@ def baseline(commit, profile, seeds, out, tree=None, limit=None):
         wall, finished = timed([*DRIVER, 'run', '--profile', profile, '--seeds', *seeds, '--out', out], tree,
                                env=importing_first(tree), limit=limit)
         runs = len(list((Path(out)/name_of(profile)).glob('runs/*/metrics.json')))
-        return dict(commit=commit, **({'wall_seconds': round(wall, 1)} if finished else {'stopped_after_seconds': round(wall, 1)}), runs=runs)
+        return dict(commit=commit, profile=profile, **({'wall_seconds': round(wall, 1)} if finished else {'stopped_after_seconds': round(wall, 1)}), runs=runs)
     finally:
         if worktree: subprocess.run(['git', 'worktree', 'remove', '--force', str(tree)], cwd=REPO, capture_output=True)
 
@@ -105,9 +108,10 @@ if __name__ == '__main__':
     ap.add_argument('--workers', type=int, nargs='+', default=[1, 2], help="numbers of Dask workers to measure")
     ap.add_argument('--threads', type=int, default=None, help="CPU threads per run (default: the cores over the workers)")
     ap.add_argument('--baseline', default=None, help="a commit to measure the same seeds at (its own driver and profile), after the rest")
+    ap.add_argument('--baseline-profile', default=None, help="the profile the baseline runs, a name in its profiles/ (default: --profile)")
     ap.add_argument('--baseline-tree', default=None, help="that commit's advcl/, nbs/_templates/ and profiles/, instead of a git worktree")
     ap.add_argument('--budget', type=float, default=None, help="seconds for the whole benchmark: the baseline is stopped when they are up")
-    ap.add_argument('--out', default=None, help="the JSON file (default: benchmarks/results/matrix-<profile>-<device>.json)")
+    ap.add_argument('--out', default=None, help="the JSON file (default: benchmarks/results/matrix-<profile's name>-<device>.json)")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from advcl.core import environment
@@ -120,10 +124,10 @@ if __name__ == '__main__':
             print(json.dumps(record['results'][-1]), flush=True)
         if a.baseline:
             limit = None if a.budget is None else max(1., a.budget - (time.perf_counter() - t0))
-            record['baseline'] = baseline(a.baseline, a.profile, a.seeds, Path(tmp)/'baseline', a.baseline_tree, limit)
+            record['baseline'] = baseline(a.baseline, a.baseline_profile or a.profile, a.seeds, Path(tmp)/'baseline', a.baseline_tree, limit)
             print(json.dumps(record['baseline']), flush=True)
     speedups(record)
-    out = Path(a.out or REPO/'benchmarks'/'results'/f"matrix-{a.profile}-{record['device_kind']}.json")
+    out = Path(a.out or REPO/'benchmarks'/'results'/f"matrix-{name_of(a.profile)}-{record['device_kind']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1) + '\n')
     print(out)

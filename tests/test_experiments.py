@@ -281,10 +281,10 @@ def test_matrix_benchmark_runs(tmp_path):
     base = tmp_path/'baseline'; base.mkdir()
     subprocess.run(f"git archive HEAD advcl nbs/_templates profiles | tar -x -C {base}", shell=True, cwd=REPO, check=True)
     run([sys.executable, REPO/'benchmarks'/'matrix.py', '--profile', tmp_path/'p.json', '--workers', '1', '--out', tmp_path/'m.json',
-         '--baseline', 'HEAD', '--baseline-tree', base, '--budget', '1'])
+         '--baseline', 'HEAD', '--baseline-profile', 'quick', '--baseline-tree', base, '--budget', '1'])
     rec = json.loads((tmp_path/'m.json').read_text())
     b = rec['baseline']
-    assert 'wall_seconds' not in b and 1 <= b['stopped_after_seconds'] < 60 and b['runs'] == 0
+    assert 'wall_seconds' not in b and 1 <= b['stopped_after_seconds'] < 60 and b['runs'] == 0 and b['profile'] == 'quick'
     assert rec['results'][0]['speedup_over_baseline_at_least'] == round(b['stopped_after_seconds'] / rec['results'][0]['wall_seconds'], 2)
     assert not _processes_importing_from(base)
     assert rec['device_kind'] == 'cpu' and rec['torch'] and rec['git_commit'] and [r['workers'] for r in rec['results']] == [1]
@@ -293,3 +293,11 @@ def test_matrix_benchmark_runs(tmp_path):
     assert {'evaluate: autoattack', 'evaluate: autoattack: square'} <= set(r['phases'])
     assert r['wall_seconds'] >= r['floor_seconds']['as_run'] == r['notebook_seconds'] > r['own_seconds'] > 0   # one worker: runs in turn
     assert abs(r['idle_worker_seconds'] - (r['wall_seconds'] - r['notebook_seconds'])) < 0.2
+
+def test_the_benchmarks_c2d1335_matrix_still_plans():
+    "benchmarks/quick-c2d1335.json, quick's matrix as it was at c2d1335 (the benchmark's like-for-like comparison), loads and plans that matrix."
+    p = load_profile(REPO/'benchmarks'/'quick-c2d1335.json')
+    runs = plan_runs(p)
+    assert [r.role for r in runs].count('row') == 15 and len(runs) == 18        # the proxy, the clean baseline, 15 rows, the analysis
+    pgd = next(r for r in runs if r.role == 'baseline').settings.evaluation.attacks['pgd']
+    assert (pgd.steps, pgd.alpha, pgd.restarts) == (10, 0.025, 1)
