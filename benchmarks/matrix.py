@@ -40,10 +40,15 @@ def importing_first(folder):
     return dict(PYTHONPATH=os.pathsep.join([str(Path(folder).resolve()), *filter(None, [os.environ.get('PYTHONPATH')])]))
 
 
+def records(folder):
+    "The records (metrics.json) of the finished runs in `folder`, a profile's report folder."
+    return list(Path(folder).glob('runs/*/metrics.json'))
+
+
 def phases(folder):
     "Seconds by phase summed over the runs in `folder` (their records), the evaluation split by attack and AutoAttack by stage."
     total = Counter()
-    for m in Path(folder).glob('runs/*/metrics.json'):
+    for m in records(folder):
         rec = json.loads(m.read_text())
         for phase, s in rec.get('seconds', {}).items(): total[phase] += s
         for name, r in rec.get('results', {}).items():
@@ -75,7 +80,7 @@ def current(profile, seeds, workers, threads, out):
     folder = Path(out)/name_of(profile)
     by_phase = phases(folder)
     return dict(workers=workers, threads=threads or default_threads(workers), wall_seconds=round(wall, 1),
-                phases=by_phase, runs=len(list(folder.glob('runs/*/metrics.json'))), **occupancy(folder, workers, wall, by_phase))
+                phases=by_phase, runs=len(records(folder)), **occupancy(folder, workers, wall, by_phase))
 
 
 def baseline(commit, profile, seeds, out, tree=None, limit=None):
@@ -87,8 +92,8 @@ def baseline(commit, profile, seeds, out, tree=None, limit=None):
     try:
         wall, finished = timed([*DRIVER, 'run', '--profile', profile, '--seeds', *seeds, '--out', out], tree,
                                env=importing_first(tree), limit=limit)
-        runs = len(list((Path(out)/name_of(profile)).glob('runs/*/metrics.json')))
-        return dict(commit=commit, profile=profile, **({'wall_seconds': round(wall, 1)} if finished else {'stopped_after_seconds': round(wall, 1)}), runs=runs)
+        return dict(commit=commit, profile=profile, **({'wall_seconds': round(wall, 1)} if finished else {'stopped_after_seconds': round(wall, 1)}),
+                    runs=len(records(Path(out)/name_of(profile))))
     finally:
         if worktree: subprocess.run(['git', 'worktree', 'remove', '--force', str(tree)], cwd=REPO, capture_output=True)
 
